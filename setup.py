@@ -15,6 +15,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # the built-in shapes model, found by refer_node when model_dir is ""
+        (f"share/{PACKAGE}/models/shapes", glob("models/shapes/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

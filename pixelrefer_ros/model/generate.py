@@ -1,7 +1,8 @@
 """Greedy generation as small functions (gpt-fast generate.py style).
 
-`prefill` and `decode_one_token` are the only two model calls; `generate` is the loop that
-drives them, bounded by `max_new_tokens` and an optional `time.monotonic()` deadline.
+`prefill` and `decode_one_token` are the only two model calls; `greedy_loop` is the one loop
+that drives them (and the onnxruntime/TensorRT stage calls, runtime/stages.py), bounded by
+`max_new_tokens` and an optional `time.monotonic()` deadline; `generate` binds it to Qwen2.
 `generate_no_cache` is the slow oracle: it re-runs the whole sequence every step.
 
 Official behaviour matched (spec §1.8): greedy (`do_sample=False`), positions 0..T-1 for the
@@ -81,14 +82,33 @@ def generate(model: Qwen2, prompt_embeds: Tensor, max_new_tokens: int, eos_id: i
     and before each decode step; the prefill itself is never interrupted.
     """
     _check_args(prompt_embeds, max_new_tokens)
-    if _past(deadline):
-        return GenerationResult([], "deadline")
     device = prompt_embeds.device
     t = prompt_embeds.shape[0]
-    model.setup_caches(1, t + max_new_tokens, dtype=prompt_embeds.dtype, device=device)
 
+    def first() -> Tensor:
+        model.setup_caches(1, t + max_new_tokens, dtype=prompt_embeds.dtype, device=device)
+        return prefill(model, prompt_embeds[None], torch.arange(t, device=device))  # [1, V]
+
+    def step(token: Tensor, pos: int) -> Tensor:
+        return decode_one_token(model, token.view(1, 1), torch.tensor([pos], device=device))
+
+    return greedy_loop(first, step, t, max_new_tokens, eos_id, callback, deadline,
+                       return_logits)
+
+
+def greedy_loop(first: Callable[[], Tensor], step: Callable[[Tensor, int], Tensor],
+                prompt_len: int, max_new_tokens: int, eos_id: int,
+                callback: Callable[[int], None] | None = None, deadline: float | None = None,
+                return_logits: bool = False) -> GenerationResult:
+    """The one greedy loop behind every backend (torch here, onnxruntime/TensorRT in runtime/).
+
+    `first()` runs the prefill -> logits [1, V]; `step(token [1], pos)` feeds the previous token
+    at position `pos` -> logits [1, V]. Stops on eos, `max_new_tokens` or the deadline.
+    """
+    if _past(deadline):
+        return GenerationResult([], "deadline")
     start = time.perf_counter()
-    logits = prefill(model, prompt_embeds[None], torch.arange(t, device=device))  # [1, V]
+    logits = first()  # [1, V]
     token = greedy(logits)  # [1]
     tid = int(token)  # also synchronises the device, so the timing below is honest
     prefill_s = time.perf_counter() - start
@@ -97,7 +117,7 @@ def generate(model: Qwen2, prompt_embeds: Tensor, max_new_tokens: int, eos_id: i
     tokens: list[int] = []
     all_logits = [logits[0].float().cpu()] if return_logits else []
     stopped: StopReason = "max_new_tokens"
-    pos = t
+    pos = prompt_len
     while True:
         if tid == eos_id:
             stopped = "eos"
@@ -110,7 +130,7 @@ def generate(model: Qwen2, prompt_embeds: Tensor, max_new_tokens: int, eos_id: i
         if _past(deadline):
             stopped = "deadline"
             break
-        logits = decode_one_token(model, token.view(1, 1), torch.tensor([pos], device=device))
+        logits = step(token, pos)
         token = greedy(logits)
         tid = int(token)
         pos += 1

@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    model: PixelReferLite
+    model: PixelReferLite | None  # None for load_checkpoint(weights=False)
     tokenizer: TextTokenizer
     config: PixelReferConfig
     checkpoint_dir: Path
@@ -117,11 +117,12 @@ def checkpoint_hash(ckpt_dir: Path, files: list[Path]) -> str:
 
 
 def load_checkpoint(ckpt_dir: str | Path, dtype: str | torch.dtype | None = None,
-                    device: str | torch.device = "cpu") -> LoadedModel:
+                    device: str | torch.device = "cpu", weights: bool = True) -> LoadedModel:
     """Build the model on the meta device and load every tensor, strictly.
 
     dtype None keeps the checkpoint's `torch_dtype`. LayerNorm/RMSNorm run in the chosen dtype
-    like the official bf16 model; pass "float32" for parity work.
+    like the official bf16 model; pass "float32" for parity work. weights=False reads only the
+    config, tokenizer and hash (engine backends carry their own weights).
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -136,6 +137,9 @@ def load_checkpoint(ckpt_dir: str | Path, dtype: str | torch.dtype | None = None
     torch_dtype = parse_dtype(dtype or config.torch_dtype)
 
     files = weight_files(ckpt_dir)
+    if not weights:
+        return LoadedModel(model=None, tokenizer=tokenizer, config=config, checkpoint_dir=ckpt_dir,
+                           checkpoint_hash=checkpoint_hash(ckpt_dir, files))
     with torch.device("meta"):
         model = PixelReferLite(config)
     expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}

@@ -1,5 +1,8 @@
 """The stage API: preprocess -> encode -> object tokens -> prompt -> generate, and `describe`.
 
+Host work (preprocessing, prompts, splicing) happens here; every model call goes through a
+`StageBackend` (runtime/stages.py): torch by default, onnxruntime or TensorRT engines otherwise.
+
 Two ways in:
 - `describe(...)` reproduces one official `mm_infer` call (image or video): all M masks share
   one processor budget and, per image, the first mask's 224 context crop (spec §1.2 quirk).
@@ -12,15 +15,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from pixelrefer_ros.model import prompt as prompts
-from pixelrefer_ros.model.generate import generate
 from pixelrefer_ros.model.loader import LoadedModel
 from pixelrefer_ros.model.preprocess import RegionCrop, global_image, patchify, prepare_regions
+
+if TYPE_CHECKING:
+    from pixelrefer_ros.runtime.stages import StageBackend
 
 
 @dataclass
@@ -40,9 +46,14 @@ class Answer:
 class RegionPipeline:
     """Runs a loaded PixelRefer-Lite model stage by stage. Not thread-safe: one caller at a time."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, backend: StageBackend | None = None) -> None:
+        # runtime imports are local (here and below): runtime/ sits above model/ and its
+        # package imports the worker, so a module-level import could become circular
+        from pixelrefer_ros.runtime.stages import TorchBackend
+
         self.loaded = loaded
-        self.model = loaded.model
+        self.model = loaded.model  # None when only config + tokenizer were loaded
+        self.backend = backend if backend is not None else TorchBackend(loaded.model)
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self.tokens_per_object = self.config.objects.tokens_per_object
@@ -56,7 +67,10 @@ class RegionPipeline:
         n = num_images or len(images)
         patches = [patchify(img, n, self.config.preprocess) for img in images]
         pixel_values = torch.from_numpy(np.concatenate([pv for pv, _ in patches]))
-        return self.model.encode(pixel_values, [grid for _, grid in patches])
+        grids = [grid for _, grid in patches]
+        feats = self.backend.encode(pixel_values, grids)  # [sum P, C]
+        parts = feats.split([gh * gw for gh, gw in grids])
+        return [f.view(gh, gw, -1) for f, (gh, gw) in zip(parts, grids, strict=True)]
 
     def global_features(self, image: np.ndarray, num_images: int = 1) -> Tensor:
         """The frame squashed to 336² (spec §1.2 step 5) -> [Pg, C]. Computed once per frame."""
@@ -79,13 +93,13 @@ class RegionPipeline:
             globals_ = [g.flatten(0, 1) for g in raw]
         else:
             globals_ = list(global_feats)
-        obj = self.model.objects
-        queries = torch.stack([
-            obj.pool_object(feats, torch.from_numpy(r.mask_grid), r.box, r.orig_hw)
-            for feats, r in zip(crops, regions, strict=True)])  # [M, K, C]
+        from pixelrefer_ros.runtime.stages import CropFeatures
+
+        objects = [CropFeatures(feats, torch.from_numpy(r.mask_grid), r.box, r.orig_hw)
+                   for feats, r in zip(crops, regions, strict=True)]
         local = torch.stack([f.flatten(0, 1) for f in locals_])  # [M, Pl, C]
-        global_ = torch.stack(globals_)  # [M, Pg, C]
-        return obj.project(obj.infuse(queries, local, global_))  # [M*K, H]
+        global_ = torch.stack([g.to(local.device) for g in globals_])  # [M, Pg, C]
+        return self.backend.object_tokens(objects, local, global_)  # [M*K, H]
 
     def object_tokens(self, image: np.ndarray, mask: np.ndarray,
                       global_feats: Tensor | None = None, num_images: int = 1) -> Tensor:
@@ -113,11 +127,14 @@ class RegionPipeline:
         Image mode (timestamps None) expects exactly K rows per object.
         """
         text = self.build_prompt(question, len(object_tokens), timestamps_per_object)
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.model.device)
-        feats = torch.cat(list(object_tokens)).to(self.model.device, self.model.dtype)
-        embeds = prompts.splice_regions(self.model.llm.embed(ids), ids,
-                                        self.config.region_token_id, feats)
-        result = generate(self.model.llm, embeds, max_new_tokens, self.config.eos_token_id,
+        from pixelrefer_ros.runtime.stages import generate
+
+        backend = self.backend
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=backend.device)
+        feats = torch.cat(list(object_tokens)).to(backend.device, backend.dtype)
+        embeds = prompts.splice_regions(backend.embed(ids), ids, self.config.region_token_id,
+                                        feats)
+        result = generate(backend, embeds, max_new_tokens, self.config.eos_token_id,
                           deadline=deadline)
         return Answer(text=self.tokenizer.decode(result.token_ids).strip(),
                       token_ids=result.token_ids, prompt_tokens=int(ids.numel()),

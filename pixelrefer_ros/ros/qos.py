@@ -1,0 +1,55 @@
+"""Every QoS profile of the package, built in one place (style habit 13).
+
+- Images: KEEP_LAST with a small depth, VOLATILE, reliability from a parameter. Only the newest
+  frame matters (the buffer keeps the history); best effort matches both best-effort and reliable
+  camera publishers, while a RELIABLE subscription silently ignores a best-effort camera
+  (ros_conventions §4.1, the most repeated support issue).
+- Region prompts and requests are sparse user input that must not be lost: RELIABLE, depth 10.
+- Descriptions and diagnostics: RELIABLE, depth 10.
+"""
+
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+    "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+}
+
+
+def image_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:
+    """Subscription profile for camera images (Image or CompressedImage)."""
+    if reliability not in RELIABILITY:
+        raise ValueError(f"image reliability {reliability!r}; choose one of {list(RELIABILITY)}")
+    if depth < 1:
+        raise ValueError(f"image QoS depth must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      durability=DurabilityPolicy.VOLATILE, reliability=RELIABILITY[reliability])
+
+
+def _reliable_10() -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def regions_qos() -> QoSProfile:
+    """RegionPromptArray subscriptions (and publishers, e.g. the synthetic camera)."""
+    return _reliable_10()
+
+
+def descriptions_qos() -> QoSProfile:
+    """ObjectDescription / String answers."""
+    return _reliable_10()
+
+
+def diagnostics_qos() -> QoSProfile:
+    """/diagnostics (the aggregator subscribes reliable, depth 10)."""
+    return _reliable_10()
+
+
+def camera_publisher_qos() -> QoSProfile:
+    """What the synthetic camera offers: reliable, depth 5 (matches any image subscription)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
