@@ -233,6 +233,24 @@ def test_token_jobs_newest_first_bounded_and_claimed():
     assert b.stats().results_discarded == 1
 
 
+def test_focus_puts_a_waiting_requests_frames_first():
+    """A request for an old frame must not starve behind newer frames (under load the worker
+    never catches up with the newest frames)."""
+    b = buf(prefetch_global=False)
+    for i in range(4):
+        b.add_frame(i * 10 * MS, img())
+        b.add_region(1, i * 10 * MS, img(10))
+    plan = b.pending_work(max_globals=1, focus_ns=(5 * MS, 15 * MS))
+    assert [j.stamp_ns for j in plan.global_jobs] == [10 * MS]  # not the newest (30 ms)
+    b.set_global(10 * MS, torch.zeros(4))
+    for stamp in (0, 20 * MS, 30 * MS):
+        b.set_global(stamp, torch.zeros(4))
+    plan = b.pending_work(max_tokens=1, focus_ns=(5 * MS, 15 * MS))
+    assert [(j.stamp_ns, j.object_id) for j in plan.token_jobs] == [(10 * MS, 1)]
+    # without a focus: newest first again
+    assert [j.stamp_ns for j in b.pending_work(max_tokens=1).token_jobs] == [30 * MS]
+
+
 def test_failed_jobs_are_not_retried():
     b = buf(prefetch_global=False)
     b.add_frame(0, img())

@@ -121,17 +121,23 @@ class FrameBuffer:
             self._updated.notify_all()
 
     # ------------------------------------------------------------------------ model worker
-    def pending_work(self, max_globals: int = 1, max_tokens: int = 4,
-                     claim: bool = True) -> WorkPlan:
+    def pending_work(self, max_globals: int = 1, max_tokens: int = 4, claim: bool = True,
+                     focus_ns: tuple[int, int] | None = None) -> WorkPlan:
         """Newest first: token jobs whose frame is encoded, then frames a region waits on, then
         (latest wins) the newest frame as a prefetch; older unencoded frames count as skipped.
+        Frames with stamps inside `focus_ns` (t0, t1) come before all others: a request waiting
+        for an older frame's tokens must not starve behind a stream of newer frames.
         Claimed jobs are not handed out again until completed or failed."""
         now, s = self._clock(), self._s
         with self._lock:
             s.expire_pending(now)
             tokens: list[TokenJob] = []
             globals_: list[GlobalJob] = []
-            for stamp in reversed(s.stamps):
+            order = list(reversed(s.stamps))
+            if focus_ns is not None:
+                t0, t1 = focus_ns
+                order.sort(key=lambda stamp: not t0 <= stamp <= t1)  # stable: newest first
+            for stamp in order:
                 e = s.frames[stamp]
                 for oid, r in e.regions.items():
                     if len(tokens) < max_tokens and e.global_state is GlobalState.READY \

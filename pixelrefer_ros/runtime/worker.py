@@ -278,7 +278,7 @@ class ModelWorker:
                 else:
                     raise RequestError(BUFFER_CODES[err.code], err.message) from None
                 t0 = time.perf_counter()
-                worked = self._buffer_step(prefer=job.camera)
+                worked = self._buffer_step(prefer=job.camera, focus_ns=self._focus(job))
                 work_s += time.perf_counter() - t0
                 if not worked:
                     self._wake.wait(min(self.config.poll_s, max(job.deadline - now, 0.0)))
@@ -311,20 +311,31 @@ class ModelWorker:
         best = max(common)
         return {oid: [ready[oid][best]] for oid in ids}
 
-    def _buffer_step(self, prefer: str | None = None) -> bool:
+    def _focus(self, job: DescribeJob) -> tuple[int, int] | None:
+        """The stamps a waiting request needs, so their buffer jobs run first."""
+        mode = Mode(job.mode)
+        tol = self.buffers[job.camera].config.tolerance_ns
+        if mode is Mode.STAMP:
+            return job.stamp_ns - tol, job.stamp_ns + tol
+        if mode is Mode.WINDOW and job.stamp_ns:
+            return job.stamp_ns - round(job.window_s * NS) - tol, job.stamp_ns + tol
+        return None
+
+    def _buffer_step(self, prefer: str | None = None,
+                     focus_ns: tuple[int, int] | None = None) -> bool:
         """Run ONE buffer job: the next one already claimed, else claim a new round (up to
         tokens_per_round token jobs and one global job of the first camera with work, `prefer`
         first). One job per step lets a describe request in between jobs of a round; claimed
         jobs wait in `_claimed`, and every step runs them first, so none is ever stranded."""
         if not self._claimed:
-            self._claim_round(prefer)
+            self._claim_round(prefer, focus_ns)
         if not self._claimed:
             return False
         name, job = self._claimed.popleft()
         self._run_buffer_job(name, self.buffers[name], job)
         return True
 
-    def _claim_round(self, prefer: str | None) -> None:
+    def _claim_round(self, prefer: str | None, focus_ns: tuple[int, int] | None = None) -> None:
         names = list(self.buffers)
         self._rr = (self._rr + 1) % len(names)
         order = names[self._rr:] + names[:self._rr]
@@ -332,7 +343,8 @@ class ModelWorker:
             order.remove(prefer)
             order.insert(0, prefer)
         for name in order:
-            plan = self.buffers[name].pending_work(max_globals=1,
+            focus = focus_ns if name == prefer else None
+            plan = self.buffers[name].pending_work(max_globals=1, focus_ns=focus,
                                                    max_tokens=self.config.tokens_per_round)
             if plan.skipped_stamps:
                 with self._lock:
