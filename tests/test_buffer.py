@@ -109,6 +109,26 @@ def test_eviction_by_count():
     assert st.frames == 5 and st.oldest_stamp_ns == 70 * MS and st.frames_evicted == 7
 
 
+def test_count_eviction_keeps_frames_with_tokens_under_overload():
+    """A worker slower than the camera: frames it never reached go first, so the tokens it
+    computed survive (else every result would be discarded and nothing ever answered)."""
+    b = buf(max_frames=5, prefetch_global=False)
+    b.add_frame(0, img())
+    b.add_region(1, 0, img(10))
+    ready(b, 1, 0)
+    for i in range(1, 12):
+        b.add_frame(i * 10 * MS, img())
+        b.add_region(1, i * 10 * MS, img(10))
+    st = b.stats()
+    assert st.frames == 5 and st.oldest_stamp_ns == 0 and st.newest_stamp_ns == 110 * MS
+    assert b.lookup_latest(1).stamp_ns == 0
+    # a frame with work in flight is not evicted either
+    job = b.pending_work(max_globals=1).global_jobs[0]
+    for i in range(12, 20):
+        b.add_frame(i * 10 * MS, img())
+    assert b.set_global(job.stamp_ns, torch.zeros(4), epoch=job.epoch)
+
+
 def test_eviction_by_bytes_drops_raw_first_then_frames():
     b = buf(max_bytes=3500, keep_raw_s=100.0)
     for i in range(10):

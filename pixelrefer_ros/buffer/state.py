@@ -102,6 +102,12 @@ class FrameEntry:
         return self.global_state not in (GlobalState.FAILED, GlobalState.DROPPED)
 
     @property
+    def busy(self) -> bool:
+        """The worker holds a job on this frame (its global features or a region's tokens)."""
+        return self.global_state is GlobalState.IN_FLIGHT or any(
+            r.in_flight for r in self.regions.values())
+
+    @property
     def droppable(self) -> bool:
         """Raw data no region waits on (an in-flight job holds its own references anyway)."""
         in_flight = self.global_state is GlobalState.IN_FLIGHT
@@ -253,7 +259,11 @@ class BufferState:
         return tuple(skipped)
 
     def evict_oldest(self) -> None:
-        e = self.frames.pop(self.stamps.pop(0))
+        self.evict(self.stamps[0])
+
+    def evict(self, stamp_ns: int) -> None:
+        self.stamps.remove(stamp_ns)
+        e = self.frames.pop(stamp_ns)
         self.release_raw(e)
         for oid in list(e.regions):
             self.drop_region(e, oid, "regions_evicted")
@@ -263,11 +273,20 @@ class BufferState:
         self.count["frames_evicted"] += 1
 
     def evict_window(self) -> int:
-        """Evict frames older than window_s behind the newest, and beyond max_frames."""
+        """Evict frames older than window_s behind the newest, then frames beyond max_frames.
+
+        Over the count, frames without tokens and without work in flight go first (oldest of
+        them): under overload the worker lags behind the camera, and evicting the frames it never
+        reached keeps the tokens it did compute. Otherwise a worker slower than the count window
+        would see every result discarded and never answer."""
         evicted = 0
-        while self.stamps and (self.stamps[0] < self.stamps[-1] - self.config.window_ns
-                               or len(self.stamps) > self.config.max_frames):
+        while self.stamps and self.stamps[0] < self.stamps[-1] - self.config.window_ns:
             self.evict_oldest()
+            evicted += 1
+        while len(self.stamps) > self.config.max_frames:
+            idle = (s for s in self.stamps[:-1] if not self.frames[s].token_sizes
+                    and not self.frames[s].busy)
+            self.evict(next(idle, self.stamps[0]))
             evicted += 1
         return evicted
 
