@@ -1,0 +1,274 @@
+"""Training data for the shapes model: tokenizer, questions and preprocessed scenes.
+
+Everything a training step needs is a pure function of (seed, step), so a run is reproducible
+and a batch can be built in another process. The pixels go through exactly the preprocessing of
+the node's incremental path (`RegionPipeline.global_features` / `object_tokens`): per frame the
+336² squashed image, per (object, frame) `prepare_regions` on that frame alone (own 224 local
+crop) and `patchify` with num_images=1. Only the ViT weights change during training.
+
+Question mix per scene (F random frames of the clip, 2..8, timestamps relative to the first):
+- video mode over the F frames, per object: two of "moving", "direction", "describe" (with the
+  motion phrase) and one of "color" / "shape" / "size";
+- image mode on each of those frames, per object: two of "color", "shape", "size", "describe"
+  (without motion, like `texts.describe(with_motion=False)`), plus a "relation" question per
+  frame where two objects are clearly apart.
+Motion is never asked in image mode: a single frame carries no motion, and the evaluation checks
+that the model is near chance there. A share of "describe" questions uses the node's default
+prompts (`prompt.DEFAULT_PROMPT_IMAGE` / `DEFAULT_PROMPT_VIDEO`) so the node's defaults work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer, normalizers
+
+from pixelrefer_ros.model import prompt as prompts
+from pixelrefer_ros.model.checkpoint_writer import word_level_tokenizer
+from pixelrefer_ros.model.config import PreprocessConfig
+from pixelrefer_ros.model.preprocess import global_image, patchify, prepare_regions
+from pixelrefer_ros.model.tokenizer import TextTokenizer
+from pixelrefer_ros.synthetic import (
+    ANSWERS,
+    PROMPTS,
+    RELATION_PROMPTS,
+    Scene,
+    WorldConfig,
+    answer_for,
+    describe,
+    generate_scene,
+)
+
+HELD_OUT_SEED = 1_000_000  # training scenes use seeds below this, evaluation at or above
+IMAGE_ONLY_TASKS = ("color", "shape", "size")
+P_DEFAULT_PROMPT = 0.15  # share of "describe" questions asked with the node's default prompt
+# Image questions are short (~55 tokens) and give every (object, frame) crop its own signal.
+IMAGE_TASKS_PER_REGION = 2
+MAX_RELATIONS_PER_FRAME = 1
+# Video prompts are long (F x 38 tokens per object) and dominate the LLM's cost, so each object
+# gets this many of its four video questions per scene.
+VIDEO_TASKS_PER_OBJECT = 2
+WORLD = WorldConfig()  # the default world: the one the node's synthetic camera shows
+PREPROCESS = PreprocessConfig()  # the loader's preprocessing constants (none are in config.json)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def vocabulary_texts() -> list[str]:
+    """Every text the model may read or write: prompts, answers, chat and timestamp syntax."""
+    answers = [w for values in ANSWERS.values() for w in values]
+    return [
+        *PROMPTS.values(), *RELATION_PROMPTS.values(), *answers,
+        "a small large staying still moving",  # the words of `describe`
+        prompts.DEFAULT_PROMPT_IMAGE, prompts.DEFAULT_PROMPT_VIDEO, prompts.relation_prompt(3),
+        "user assistant",  # chat template
+        "[Time 0.5:,]", " ".join("0123456789"),  # video blocks: "[Time 1.2:<REGION>...,...]"
+    ]
+
+
+def build_tokenizer() -> Tokenizer:
+    """Word-level tokenizer over `vocabulary_texts`, lower-casing its input.
+
+    The chat specials (`<|im_start|>`, `<REGION>`, ...) are added tokens matched before the
+    normaliser, so lower-casing only folds "What"/"what" onto one word.
+    """
+    scratch = word_level_tokenizer([])
+    pre = scratch.pre_tokenizer
+    assert pre is not None
+    words = {w for text in vocabulary_texts() for w, _ in pre.pre_tokenize_str(text.lower())}
+    tok = word_level_tokenizer(sorted(words - {"\n"}))
+    tok.normalizer = normalizers.Lowercase()
+    return tok
+
+
+# ----------------------------------------------------------------------------- questions
+
+@dataclass(frozen=True)
+class Question:
+    """One question about a scene. `frames` are scene frame indices, shared by every object;
+    image mode has exactly one frame."""
+
+    task: str
+    mode: str  # "image" | "video"
+    prompt: str  # user text with one `<region>` per object
+    answer: str
+    objects: tuple[int, ...]
+    frames: tuple[int, ...]
+
+
+def relative_times(scene: Scene, frames: Sequence[int]) -> list[float]:
+    """Seconds since the first used frame, as the node sends them (runtime/worker.py)."""
+    t = scene.timestamps[list(frames)]
+    return [float(v) for v in t - t[0]]
+
+
+def chat_text(q: Question, scene: Scene) -> str:
+    """The full prompt string: `pipeline.build_prompt` of the image or video format."""
+    if q.mode == "image":
+        return prompts.image_prompt(q.prompt, len(q.objects))
+    stamps = relative_times(scene, q.frames)
+    return prompts.video_prompt(q.prompt, [stamps] * len(q.objects))
+
+
+def describe_prompt(mode: str, rng: np.random.Generator | None) -> str:
+    if rng is not None and rng.random() < P_DEFAULT_PROMPT:
+        return prompts.DEFAULT_PROMPT_VIDEO if mode == "video" else prompts.DEFAULT_PROMPT_IMAGE
+    return PROMPTS["describe"]
+
+
+def object_question(scene: Scene, task: str, obj: int, frames: Sequence[int], mode: str,
+                    rng: np.random.Generator | None = None) -> Question:
+    """A one-object question; "describe" names the motion only in video mode."""
+    if task == "describe":
+        answer = describe(scene.objects[obj], with_motion=mode == "video")
+        text = describe_prompt(mode, rng)
+    else:
+        answer = answer_for(task, scene, (obj,))
+        text = PROMPTS[task]
+    return Question(task, mode, text, answer, (obj,), tuple(int(f) for f in frames))
+
+
+def relation_questions(scene: Scene, frame: int, rng: np.random.Generator,
+                       limit: int) -> list[Question]:
+    """Up to `limit` image-mode "relation" questions about pairs unambiguous at `frame`."""
+    pairs = np.argwhere(scene.relations[frame] >= 0)  # [N, 2] ordered pairs (i, j)
+    out = []
+    for k in rng.permutation(len(pairs))[:limit]:
+        i, j = (int(v) for v in pairs[k])
+        side = "left" if rng.random() < 0.5 else "right"
+        answer = answer_for("relation", scene, (i, j), frame, side)
+        out.append(Question("relation", "image", RELATION_PROMPTS[side], answer, (i, j),
+                            (frame,)))
+    return out
+
+
+def training_questions(scene: Scene, frames: Sequence[int],
+                       rng: np.random.Generator) -> list[Question]:
+    """The question mix of the module docstring for `scene` seen at `frames`."""
+    qs: list[Question] = []
+    for obj in range(scene.num_objects):
+        attribute = IMAGE_ONLY_TASKS[int(rng.integers(len(IMAGE_ONLY_TASKS)))]
+        video_tasks = ("moving", "direction", "describe", attribute)
+        for k in rng.choice(len(video_tasks), VIDEO_TASKS_PER_OBJECT, replace=False):
+            qs.append(object_question(scene, video_tasks[k], obj, frames, "video", rng))
+    image_tasks = (*IMAGE_ONLY_TASKS, "describe")
+    for t in frames:
+        for obj in range(scene.num_objects):
+            for k in rng.choice(len(image_tasks), IMAGE_TASKS_PER_REGION, replace=False):
+                qs.append(object_question(scene, image_tasks[k], obj, (t,), "image", rng))
+        qs.extend(relation_questions(scene, t, rng, MAX_RELATIONS_PER_FRAME))
+    return qs
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+@dataclass
+class RegionInput:
+    """What `ObjectTokenizer.pool_object` needs besides the crop features."""
+
+    obj: int
+    frame: int  # scene frame index
+    mask_grid: np.ndarray  # float32 [gh, gw]
+    box: tuple[int, int, int, int]
+    orig_hw: tuple[int, int]
+
+
+@dataclass
+class EncodedQuestion:
+    task: str
+    mode: str
+    ids: np.ndarray  # int64 [T]: prompt, answer, <|im_end|>
+    num_prompt: int  # ids[:num_prompt] is the prompt; the rest is the target
+    blocks: tuple[int, ...]  # region indices spliced in order (object-major, then frame)
+
+
+@dataclass
+class SceneSample:
+    """One scene ready for the training forward.
+
+    Images in `grids` / `pixel_values` order: the F global images (one per frame of `frames`),
+    then the (crop, local) pair of every region: region r's crop is image F + 2r.
+    """
+
+    seed: int
+    frames: tuple[int, ...]
+    pixel_values: np.ndarray  # float32 [P, 3*14*14], all images packed
+    grids: list[tuple[int, int]]
+    regions: list[RegionInput]
+    questions: list[EncodedQuestion]
+
+
+def encode_question(tokenizer: TextTokenizer, q: Question, scene: Scene,
+                    region_of: dict[tuple[int, int], int]) -> EncodedQuestion:
+    prompt_ids = tokenizer.encode(chat_text(q, scene))
+    target = [*tokenizer.encode(q.answer), tokenizer.eos_id]
+    blocks = tuple(region_of[(obj, f)] for obj in q.objects for f in q.frames)
+    return EncodedQuestion(q.task, q.mode, np.asarray(prompt_ids + target, dtype=np.int64),
+                           len(prompt_ids), blocks)
+
+
+def preprocess_scene(scene: Scene, frames: Sequence[int], questions: Sequence[Question],
+                     tokenizer: TextTokenizer, cfg: PreprocessConfig) -> SceneSample:
+    """Patchify every image the questions need (all objects at all `frames`)."""
+    packed, grids = [], []
+    for f in frames:
+        pv, grid = patchify(global_image(scene.frames[f], cfg), 1, cfg)
+        packed.append(pv)
+        grids.append(grid)
+    regions: list[RegionInput] = []
+    region_of: dict[tuple[int, int], int] = {}
+    for obj in range(scene.num_objects):
+        for f in frames:
+            r = prepare_regions([scene.frames[f]], [scene.masks[f, obj]], [0], cfg)[0]
+            for img in (r.crop, r.local):
+                pv, grid = patchify(img, 1, cfg)
+                packed.append(pv)
+                grids.append(grid)
+            region_of[(obj, int(f))] = len(regions)
+            regions.append(RegionInput(obj, int(f), r.mask_grid, r.box, r.orig_hw))
+    encoded = [encode_question(tokenizer, q, scene, region_of) for q in questions]
+    return SceneSample(scene.seed, tuple(int(f) for f in frames), np.concatenate(packed),
+                       grids, regions, encoded)
+
+
+def sample_frames(rng: np.random.Generator, num_frames: int, min_frames: int = 2) -> list[int]:
+    """A sorted random subset of the clip's frames, of random size min_frames..num_frames."""
+    count = int(rng.integers(min_frames, num_frames + 1))
+    return sorted(int(f) for f in rng.choice(num_frames, count, replace=False))
+
+
+def make_batch(seed: int, step: int, scenes_per_step: int, tokenizer: TextTokenizer,
+               world: WorldConfig = WORLD, cfg: PreprocessConfig = PREPROCESS
+               ) -> list[SceneSample]:
+    """The scenes of training step `step`: a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    out = []
+    for scene_seed in rng.integers(0, HELD_OUT_SEED, scenes_per_step):
+        scene = generate_scene(int(scene_seed), world)
+        frames = sample_frames(rng, scene.num_frames)
+        questions = training_questions(scene, frames, rng)
+        out.append(preprocess_scene(scene, frames, questions, tokenizer, cfg))
+    return out
+
+
+# ----------------------------------------------------------------------------- worker process
+
+_WORKER_TOKENIZER: TextTokenizer | None = None
+
+
+def worker_init(tokenizer_json: str) -> None:
+    """Initialiser of a batch-building process: one cv2 thread, its own tokenizer copy."""
+    import cv2
+
+    global _WORKER_TOKENIZER  # this process's tokenizer, set once before any batch
+    cv2.setNumThreads(1)
+    _WORKER_TOKENIZER = TextTokenizer(Tokenizer.from_str(tokenizer_json))
+
+
+def worker_batch(seed: int, step: int, scenes_per_step: int) -> list[SceneSample]:
+    """`make_batch` in a worker process set up by `worker_init`."""
+    if _WORKER_TOKENIZER is None:
+        raise RuntimeError("worker_batch needs worker_init to run first in this process")
+    return make_batch(seed, step, scenes_per_step, _WORKER_TOKENIZER)
