@@ -57,3 +57,23 @@ def official_ckpt() -> Path:
     if not OFFICIAL_CKPT.is_dir():
         pytest.fail(f"official fixtures missing at {FIXTURES}")
     return OFFICIAL_CKPT
+
+
+# Summary lines of the robustness tests (cases run, outcome counts, skipped frames), printed in
+# their own section at the end of the run, so `make test` shows what the fuzzers covered.
+ROBUSTNESS_LINES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def robustness_report():
+    def report(line: str) -> None:
+        ROBUSTNESS_LINES.append(line)
+        print(line)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if ROBUSTNESS_LINES:
+        terminalreporter.section("robustness")
+        for line in ROBUSTNESS_LINES:
+            terminalreporter.write_line(line)

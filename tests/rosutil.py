@@ -49,3 +49,12 @@ def spin_until(executor, predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         executor.spin_once(timeout_sec=0.05)
     return predicate()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), for bounded-memory checks on child nodes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")

@@ -221,6 +221,20 @@ def test_latest_wins_and_skipped_accounting():
     assert [(j.stamp_ns, j.demanded) for j in plan.global_jobs] == [(20 * MS, True)]
 
 
+def test_frames_that_leave_unencoded_are_counted():
+    """Under overload the worker may be too busy with requests to prefetch at all, so nothing
+    is "skipped"; frames evicted or dropped without features still show up as unencoded."""
+    b = buf(max_frames=3, keep_raw_s=0.05)
+    for i in range(5):
+        b.add_frame(i * 100 * MS, img())
+    st = b.stats()
+    assert st.frames_skipped == 0 and st.frames_unencoded == 4  # counted once, not on eviction
+    plan = b.pending_work()
+    b.set_global(400 * MS, torch.zeros(4), epoch=plan.global_jobs[0].epoch)
+    b.add_frame(1 * S, img())  # the encoded frame's raw drop is not "unencoded"
+    assert b.stats().frames_unencoded == 4 and b.stats().raw_dropped == st.raw_dropped + 1
+
+
 def test_prefetch_rate_limit_and_peek():
     b = buf(global_min_interval_s=0.5)
     b.add_frame(0, img())

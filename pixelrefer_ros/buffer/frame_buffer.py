@@ -299,6 +299,7 @@ class FrameBuffer:
                 newest_age_s=None if now_ns is None or newest is None else (now_ns - newest) / NS,
                 epoch=s.epoch, frames_added=c["frames_added"],
                 frames_evicted=c["frames_evicted"], frames_skipped=c["frames_skipped"],
+                frames_unencoded=c["frames_unencoded"],
                 raw_dropped=c["raw_dropped"], objects_evicted=c["objects_evicted"],
                 regions_expired=c["regions_expired"], regions_overflowed=c["regions_overflowed"],
                 regions_evicted=c["regions_evicted"], jobs_failed=c["jobs_failed"],

@@ -173,6 +173,7 @@ class BufferStats:
     frames_added: int
     frames_evicted: int
     frames_skipped: int  # passed over by the latest-wins prefetch
+    frames_unencoded: int  # left the buffer (or lost their image) without ever being encoded
     raw_dropped: int  # frames whose image/global features were released
     objects_evicted: int
     regions_expired: int  # pending too long, or their frame never came

@@ -291,7 +291,11 @@ class BufferState:
         return evicted
 
     def release_raw(self, e: FrameEntry, mark: bool = False) -> None:
-        """Free a frame's image and global features; `mark` records it as a policy drop."""
+        """Free a frame's image and global features; `mark` records it as a policy drop. A frame
+        whose features were never computed is counted as unencoded: under overload most frames
+        go this way, also when the worker is too busy to prefetch (so none is "skipped")."""
+        if e.global_state is GlobalState.MISSING and e.image is not None:
+            self.count["frames_unencoded"] += 1
         self.add_bytes("image", e.image_size, -1)
         self.add_bytes("global", e.global_size, -1)
         e.image, e.image_size, e.global_payload, e.global_size = None, ZERO, None, ZERO
@@ -312,8 +316,10 @@ class BufferState:
         return len(dropped)
 
     def enforce_bytes(self) -> int:
-        """Over max_bytes: first release raw data of old frames, then evict the oldest frames.
-        The newest frame always stays, so the bound is max_bytes plus at most one frame."""
+        """Over max_bytes: first release raw data of old frames, then drop pending regions
+        (oldest first: their frame may never come), then evict the oldest frames. Regions
+        stamped ahead of the camera must not push out frames that hold tokens, nor grow past the
+        bound. The newest frame always stays, so the bound is max_bytes plus at most one frame."""
         limit = self.config.max_bytes
         for s in self.stamps[:-1]:
             if self.total_bytes().total <= limit:
@@ -321,6 +327,8 @@ class BufferState:
             e = self.frames[s]
             if e.droppable and (e.image_size.total or e.global_size.total):
                 self.release_raw(e, mark=True)
+        while self.pending and self.total_bytes().total > limit:
+            self.drop_pending(next(iter(self.pending)), "regions_overflowed")
         evicted = 0
         while self.total_bytes().total > limit and len(self.stamps) > 1:
             self.evict_oldest()

@@ -10,11 +10,14 @@ a slow per-element check in the generated setter (toolchain §2.4).
 from __future__ import annotations
 
 import array
+import io
 import math
+import warnings
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import PIL.Image
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -110,22 +113,44 @@ def image_to_rgb(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
 
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png, ... anything cv2.imdecode reads) -> RGB."""
+    """sensor_msgs/CompressedImage (jpeg, png, ...: what PIL can size and cv2 decode) -> RGB.
+    The pixel limit is checked on the header, before anything is decoded."""
     data = _as_bytes(msg.data)
     fmt = msg.format
     if "compresseddepth" in fmt.lower():
         raise ConversionError(f"compressed format {fmt!r} is a depth image; colour images only")
     if data.size == 0:
         raise ConversionError(f"empty CompressedImage (format {fmt!r})")
+    undecodable = (f"could not decode {data.size} bytes of CompressedImage (format {fmt!r}); "
+                   "jpeg, png, webp, bmp, tiff, ... are read")
+    w, h = _declared_size(data, undecodable)
+    if h * w > max_pixels:  # before decoding: a few hundred bytes can declare 20000x20000
+        raise ConversionError(f"compressed image header declares {w}x{h} = {h * w} pixels, "
+                              f"more than max_image_pixels={max_pixels}")
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ConversionError(f"could not decode {data.size} bytes of CompressedImage "
-                              f"(format {fmt!r}); cv2.imdecode reads jpeg, png, webp, bmp, ...")
-    h, w = bgr.shape[:2]
+        raise ConversionError(undecodable)
+    h, w = bgr.shape[:2]  # EXIF orientation may swap the header's sides; PIL and cv2 may differ
     if h * w > max_pixels:
         raise ConversionError(f"image {w}x{h} has {h * w} pixels, more than max_image_pixels="
                               f"{max_pixels}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _declared_size(data: np.ndarray, undecodable: str) -> tuple[int, int]:
+    """(width, height) from the compressed header alone (PIL reads no pixels on open), so the
+    pixel limit holds before cv2 allocates anything. Formats PIL cannot size are refused: cv2
+    would have to decode them in full to find out."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(io.BytesIO(data.tobytes())) as im:
+                return int(im.size[0]), int(im.size[1])
+    except PIL.Image.DecompressionBombError as exc:  # PIL's own limit (~179 M pixels)
+        raise ConversionError(f"compressed image header declares more pixels than any "
+                              f"max_image_pixels allows: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        raise ConversionError(f"{undecodable} ({type(exc).__name__})") from None
 
 
 def region_to_mask(region: RegionPrompt, image_hw: tuple[int, int],

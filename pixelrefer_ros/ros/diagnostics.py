@@ -74,7 +74,8 @@ def camera_status(node_name: str, cam: CameraInput, now_s: float, now_ns: int | 
                  buffer_device_mbytes=b.bytes_device / MIB, objects=b.objects,
                  token_sets=b.token_sets, frames_with_global=b.frames_with_global,
                  waiting_regions=b.waiting_regions, pending_regions=b.pending_regions,
-                 frames_skipped=b.frames_skipped, frames_evicted=b.frames_evicted,
+                 frames_skipped=b.frames_skipped, frames_unencoded=b.frames_unencoded,
+                 frames_evicted=b.frames_evicted,
                  regions_expired=b.regions_expired, jobs_failed=b.jobs_failed,
                  resets=b.resets, last_reset_reason=b.last_reset_reason)
     return DiagnosticStatus(level=level, name=f"{node_name}: camera {cam.name}",

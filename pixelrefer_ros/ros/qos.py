@@ -4,7 +4,8 @@
   frame matters (the buffer keeps the history); best effort matches both best-effort and reliable
   camera publishers, while a RELIABLE subscription silently ignores a best-effort camera
   (ros_conventions §4.1, the most repeated support issue).
-- Region prompts and requests are sparse user input that must not be lost: RELIABLE, depth 10.
+- Region prompts and requests are sparse user input that must not be lost: RELIABLE, depth 10
+  for regions; the describe service holds a burst of SERVICE_BURST requests (see service_qos).
 - Descriptions and diagnostics: RELIABLE, depth 10.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+SERVICE_BURST = 100  # describe requests that may arrive at once without one being lost
 RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
     "reliable": ReliabilityPolicy.RELIABLE,
@@ -37,6 +39,15 @@ def _reliable_10() -> QoSProfile:
 def regions_qos() -> QoSProfile:
     """RegionPromptArray subscriptions (and publishers, e.g. the synthetic camera)."""
     return _reliable_10()
+
+
+def service_qos() -> QoSProfile:
+    """/describe_region. The default services profile keeps 10 requests, and a burst beyond
+    that, arriving before the executor takes them, was lost without an answer (the caller hung
+    until its own timeout). The node answers BUSY at once past its worker queue, so the history
+    only has to hold a burst until the executor gets to it; responses use the same depth."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_BURST,
+                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def descriptions_qos() -> QoSProfile:

@@ -83,8 +83,9 @@ def resolve_model_dir(model_dir: str) -> Path:
             return path
     tried = ", ".join(str(p) for p in builtin_model_candidates())
     raise FileNotFoundError(f"model_dir is empty and the built-in shapes model is not there "
-                            f"(looked in: {tried}). It is not built yet: pass "
-                            "model_dir:=<checkpoint dir> (official PixelRefer-Lite HF layout)")
+                            f"(looked in: {tried}). Restore it (git checkout models/shapes) "
+                            "or pass model_dir:=<checkpoint dir> (official "
+                            "PixelRefer-Lite HF layout)")
 
 
 class ReferNode(Node):
@@ -134,6 +135,7 @@ class ReferNode(Node):
             cam.image_topic, cam.regions_topic = sub.topic_name, regions.topic_name
             self._subs += [sub, regions]
         self._srv = self.create_service(DescribeRegion, "describe_region", self.describe_cb,
+                                        qos_profile=qos.service_qos(),
                                         callback_group=service_group)
         self._description_pub = self.create_publisher(ObjectDescription, "descriptions",
                                                       qos.descriptions_qos())

@@ -20,6 +20,7 @@ from pixelrefer_ros.ros.conversions import (
 from pixelrefer_ros.ros.inputs import CameraInput
 from pixelrefer_ros.ros.params import NodeParams
 from pixelrefer_ros.runtime import (
+    MAX_OBJECTS_PER_REQUEST,
     DescribeJob,
     DescribeResult,
     InlineFrame,
@@ -51,6 +52,9 @@ def build_job(req: DescribeRegion.Request, params: NodeParams,
     ids = [int(i) for i in req.object_ids]
     inline: dict[int, object] = {}
     frame = None
+    if len(req.regions) > MAX_OBJECTS_PER_REQUEST:  # before drawing a full-frame mask for each
+        raise RequestError(ResultCode.BAD_REQUEST, f"{len(req.regions)} inline regions; at most "
+                           f"{MAX_OBJECTS_PER_REQUEST} per request")
     if req.regions:
         latest = cam.latest
         if latest is None:

@@ -3,6 +3,8 @@
 from .backend import BACKENDS, Backend, RegionModel, load_backend
 from .jobs import (
     BUFFER_CODES,
+    MAX_OBJECTS_PER_REQUEST,
+    MAX_QUESTION_CHARS,
     DescribeJob,
     DescribeResult,
     FramesUsed,
@@ -16,7 +18,8 @@ from .jobs import (
 from .worker import ModelWorker, WorkerConfig, WorkerStats
 
 __all__ = [
-    "BACKENDS", "BUFFER_CODES", "Backend", "DescribeJob", "DescribeResult", "FramesUsed",
-    "InlineFrame", "Mode", "ModelWorker", "RegionModel", "RequestError", "ResultCode",
+    "BACKENDS", "BUFFER_CODES", "MAX_OBJECTS_PER_REQUEST", "MAX_QUESTION_CHARS", "Backend",
+    "DescribeJob", "DescribeResult", "FramesUsed", "InlineFrame", "Mode", "ModelWorker",
+    "RegionModel", "RequestError", "ResultCode",
     "WorkerConfig", "WorkerStats", "check_job", "default_question", "load_backend",
 ]

@@ -16,6 +16,12 @@ from pixelrefer_ros.buffer import ErrorCode, ObjectId
 from pixelrefer_ros.model import prompt as prompts
 
 NS = 1_000_000_000
+# Bounds on one request's prompt, whatever the sender puts in it: every object adds 32 region
+# tokens per frame, every character up to ~4 tokens (byte-level BPE), and prefill memory grows
+# with the square of the prompt (60 ids x 4 frames took +400 MiB even on the 32-wide test model;
+# on the 2B model such a request would exhaust memory). A relation names 2-3 objects.
+MAX_OBJECTS_PER_REQUEST = 8
+MAX_QUESTION_CHARS = 1000
 
 
 class ResultCode(enum.IntEnum):
@@ -128,6 +134,12 @@ def check_job(job: DescribeJob, cameras: Sequence[str]) -> RequestError | None:
         return RequestError(bad, f"unknown camera {job.camera!r}; cameras: {list(cameras)}")
     if not job.object_ids:
         return RequestError(bad, "no object ids (and no inline regions): name at least one")
+    if len(job.object_ids) > MAX_OBJECTS_PER_REQUEST:
+        return RequestError(bad, f"{len(job.object_ids)} object ids; at most "
+                             f"{MAX_OBJECTS_PER_REQUEST} per request")
+    if len(job.question) > MAX_QUESTION_CHARS:
+        return RequestError(bad, f"the question has {len(job.question)} characters; at most "
+                             f"{MAX_QUESTION_CHARS}")
     try:
         mode = Mode(job.mode)
     except ValueError:

@@ -43,14 +43,22 @@ def read_manifest(engine_dir: str | Path, checkpoint_hash: str | None = None) ->
     if not path.is_file():
         raise EngineError(f"{engine_dir}: no {MANIFEST_FILE}; create the engine directory with "
                           f"`pixelrefer-export CKPT_DIR --out {engine_dir}`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise EngineError(f"{path}: manifest format {manifest.get('format')!r}, this runtime "
-                          f"reads format {MANIFEST_FORMAT}; re-export the checkpoint")
-    if checkpoint_hash is not None and manifest["checkpoint"]["hash"] != checkpoint_hash:
-        raise EngineError(f"{engine_dir} was exported from checkpoint hash "
-                          f"{manifest['checkpoint']['hash']} ({manifest['checkpoint']['dir']}), "
-                          f"but the loaded checkpoint has hash {checkpoint_hash}; re-export it")
+    reexport = f"re-export with `pixelrefer-export CKPT_DIR --out {engine_dir}`"
+    try:  # a truncated or hand-edited manifest must not surface as a bare KeyError
+        manifest = json.loads(path.read_text())
+        fmt = manifest.get("format")
+        exported = manifest["checkpoint"] if fmt == MANIFEST_FORMAT else {}
+        exported_hash, exported_dir = exported.get("hash"), exported.get("dir")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EngineError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); "
+                          f"{reexport}") from None
+    if fmt != MANIFEST_FORMAT:
+        raise EngineError(f"{path}: manifest format {fmt!r}, this runtime reads format "
+                          f"{MANIFEST_FORMAT}; re-export the checkpoint")
+    if checkpoint_hash is not None and exported_hash != checkpoint_hash:
+        raise EngineError(f"{engine_dir} was exported from checkpoint hash {exported_hash} "
+                          f"({exported_dir}), but the loaded checkpoint has hash "
+                          f"{checkpoint_hash}; re-export it")
     return manifest
 
 

@@ -83,7 +83,7 @@ def find_engines(manifest: dict[str, Any], engine_dir: Path, tag: str) -> dict[s
     rebuild = ("rebuild them on this machine: start the node with force_engine_update:=true, "
                f"or run `pixelrefer-export CKPT_DIR --out {engine_dir} --tensorrt --precision "
                f"{parse_tag(tag)['precision']} --force-engine-update`")
-    built = manifest.get("engines", {})
+    built = manifest.get("engines") or {}
     if tag not in built:
         if not built:
             raise EngineError(f"{engine_dir} has no TensorRT engines; {rebuild}")
@@ -92,7 +92,11 @@ def find_engines(manifest: dict[str, Any], engine_dir: Path, tag: str) -> dict[s
             f"{engine_dir} has TensorRT engines for [{have}] but this machine needs "
             f"[{_describe(tag)}]; engines are only valid for the TensorRT version, GPU "
             f"architecture and precision they were built with; {rebuild}")
-    paths = {g: engine_dir / built[tag]["graphs"][g] for g in GRAPHS}
+    try:
+        paths = {g: engine_dir / built[tag]["graphs"][g] for g in GRAPHS}
+    except (KeyError, TypeError) as exc:
+        raise EngineError(f"the manifest of {engine_dir} lists no {exc} engine for "
+                          f"[{_describe(tag)}]; {rebuild}") from None
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise EngineError(f"engine file(s) {missing} listed in the manifest are missing; "

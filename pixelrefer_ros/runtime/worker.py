@@ -13,6 +13,11 @@ a lookup waiting for tokens (it is the one that computes them): on TOKENS_NOT_RE
 buffer work itself and retries until the job's deadline. Video timestamps are seconds relative
 to the first frame used by the request (official `Time t:` blocks are seconds from the clip's
 start, `frame_idx / fps`), so a clip always starts at "Time 0.0".
+
+Faults: an exception in a model call fails that job only (MODEL_ERROR for a request, a counted
+failure for a buffer job). An exception that escapes the loop itself kills the worker for good;
+it answers the request in flight and the queued ones MODEL_ERROR, and so does `submit` from
+then on (see `_run` for why there is no restart).
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ class ModelWorker:
         self._rr = 0  # round-robin start over cameras
         # Buffer jobs claimed from pending_work but not run yet (worker thread only).
         self._claimed: collections.deque[tuple[str, GlobalJob | TokenJob]] = collections.deque()
+        self._current: Future | None = None  # the describe job being served (worker thread)
 
     # ------------------------------------------------------------------ called by other threads
     def start(self) -> None:
@@ -126,14 +132,10 @@ class ModelWorker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._state = "stopped" if self._state != "dead" else "dead"
-        while True:
-            try:
-                _job, fut, _ = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if fut.set_running_or_notify_cancel():
-                fut.set_result(DescribeResult(ResultCode.NOT_READY, "the node is shutting down"))
+        with self._lock:
+            self._state = "stopped" if self._state != "dead" else "dead"
+            left = self._take_queued()
+        self._answer_all(left, DescribeResult(ResultCode.NOT_READY, "the node is shutting down"))
 
     @property
     def alive(self) -> bool:
@@ -147,20 +149,25 @@ class ModelWorker:
         """Queue a describe job -> Future[DescribeResult]. Never blocks: invalid jobs, a full
         queue (BUSY) and a stopped worker resolve the future at once."""
         fut: Future = Future()
+        refused = check_job(job, list(self.buffers))
+        # Under the lock: a worker that dies takes the queue under it too, so no job can slip
+        # into the queue after the dying worker answered everything in it.
         with self._lock:
             self._count["requests"] += 1
-        refused = check_job(job, list(self.buffers))
-        if refused is None and not self.alive:
-            refused = RequestError(ResultCode.NOT_READY, "the model worker is not running")
-        if refused is None:
-            try:
-                self._queue.put_nowait((job, fut, self._clock()))
-            except queue.Full:
-                refused = RequestError(ResultCode.BUSY, f"{self.config.max_queued} request(s) "
-                                        "already wait for the model worker; retry later")
-            else:
-                self._wake.set()
-                return fut
+            if refused is None and self._state == "dead":
+                refused = RequestError(ResultCode.MODEL_ERROR, self._last_error)
+            elif refused is None and not self.alive:
+                refused = RequestError(ResultCode.NOT_READY, "the model worker is not running")
+            if refused is None:
+                try:
+                    self._queue.put_nowait((job, fut, self._clock()))
+                except queue.Full:
+                    refused = RequestError(ResultCode.BUSY, f"{self.config.max_queued} "
+                                            "request(s) already wait for the model worker; "
+                                            "retry later")
+                else:
+                    self._wake.set()
+                    return fut
         result = DescribeResult(refused.code, refused.message)
         self._record(result)
         fut.set_result(result)
@@ -193,13 +200,43 @@ class ModelWorker:
                     self._wake.wait(self.config.idle_wait_s)
                     self._wake.clear()
         except BaseException as exc:  # a bug in this loop: report it, never hang the node
-            self._state = "dead"
-            self._set_error(f"model worker died: {type(exc).__name__}: {exc}")
-            self._log(traceback.format_exc())
+            # No restart: an exception that escaped every per-job handler means the loop's own
+            # state (or the model's, e.g. a lost CUDA context) cannot be trusted. The node stays
+            # up and says so: diagnostics ERROR, and every request, the one in flight and the
+            # queued ones included, gets MODEL_ERROR at once instead of waiting out its timeout.
+            message = (f"the model worker died ({type(exc).__name__}: {exc}); requests fail "
+                       "until the node is restarted")
+            with self._lock:
+                self._state, self._last_error = "dead", message
+                left = self._take_queued()
+            if self._current is not None:
+                left.insert(0, self._current)
+            self._log(f"{message}\n{traceback.format_exc()}")
+            self._answer_all(left, DescribeResult(ResultCode.MODEL_ERROR, message))
+
+    def _take_queued(self) -> list[Future]:
+        """Empty the request queue (caller holds the lock) -> the futures still waiting."""
+        futures = []
+        while True:
+            try:
+                futures.append(self._queue.get_nowait()[1])
+            except queue.Empty:
+                return futures
+
+    def _answer_all(self, futures: list[Future], result: DescribeResult) -> None:
+        for fut in futures:
+            if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                self._record(result)
+                fut.set_result(result)
 
     def _serve(self, job: DescribeJob, fut: Future, submitted: float) -> None:
         if not fut.set_running_or_notify_cancel():
             return  # the caller gave up waiting before the worker got here
+        self._current = fut  # left set if an exception escapes: the dying loop answers it
+        self._serve_running(job, fut, submitted)
+        self._current = None
+
+    def _serve_running(self, job: DescribeJob, fut: Future, submitted: float) -> None:
         start = self._clock()
         try:
             result = self._describe(job, start - submitted)
