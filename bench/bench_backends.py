@@ -1,11 +1,14 @@
 """onnxruntime vs PyTorch on CPU, per stage, through the same StageBackend calls the node uses.
 
-    python -m bench.bench_backends CKPT_DIR --engine-dir ENGINE_DIR [--repeats 20] [--threads N]
+    python -m bench.bench_backends [CKPT_DIR] [--engine-dir ENGINE_DIR] [--repeats 20] [--threads 1]
 
 Stages (one 640x480 frame with one 120x90 object, as bench_model): the per-frame global encode
 (336² -> 576 patches), the per-object crop + local-224 encodes, the object tokenizer (SAOT +
 OCI + MLP), the LLM prefill of the image prompt and one decode step after it. Both backends get
-the same thread count. The engine directory is exported first if it does not exist.
+the same thread count (default 1: on the shared 2-core machine a 2-thread pool stalls whenever a
+thread is preempted). The engine directory is exported first if it does not exist. CKPT_DIR
+defaults to the node's model, as in the other benches (models/shapes, else a random checkpoint
+of its shape). Its smoke test is in tests/test_export.py, which reuses that file's export.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 import torch
 
 from bench.bench_model import scene
-from bench.common import save_json, time_it
+from bench.common import load_avg, save_json, time_it
+from bench.models import resolve_model_dir
 from pixelrefer_ros.model import prompt as prompts
 from pixelrefer_ros.model.loader import load_checkpoint
 from pixelrefer_ros.model.pipeline import RegionPipeline
@@ -27,11 +31,8 @@ from pixelrefer_ros.runtime.stages import CropFeatures, StageBackend, TorchBacke
 REPO = Path(__file__).resolve().parents[1]
 
 
-def default_checkpoint() -> Path:
-    shapes = REPO / "models" / "shapes"
-    if (shapes / "config.json").is_file():
-        return shapes
-    return REPO.parent / "shared" / "fixtures" / "official_tiny" / "checkpoint"
+def default_checkpoint(quick: bool = False) -> Path:
+    return resolve_model_dir(None, quick)[0]
 
 
 def stage_inputs(pipeline: RegionPipeline) -> dict:
@@ -80,13 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path, nargs="?", default=None)
     p.add_argument("--engine-dir", type=Path, default=None)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="tiny checkpoint, 2 repeats")
     p.add_argument("--json", default=None, help="default bench/results/backends_<model>.json")
     args = p.parse_args(argv)
-    ckpt = args.checkpoint or default_checkpoint()
+    if args.quick:
+        args.repeats = 2
+    load_before = load_avg()
+    ckpt = args.checkpoint or default_checkpoint(args.quick)
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(ckpt, "float32")
-    engine_dir = args.engine_dir or REPO / "bench" / "results" / f"engines_{ckpt.name}"
+    # the hash in the name: a retrained models/shapes gets a fresh export, not a refusal
+    engine_dir = args.engine_dir or (REPO / "bench" / "results" /
+                                     f"engines_{ckpt.name}_{loaded.checkpoint_hash[:8]}")
     if not (engine_dir / "manifest.json").is_file():
         from export.cli import main as export_main
 
@@ -107,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[stage] = {name: vars(results[name][stage]) for name in results}
         summary[stage]["torch_over_ort"] = round(ratio, 3)
     out = args.json or str(REPO / "bench" / "results" / f"backends_{ckpt.name}.json")
-    save_json(out, {"checkpoint": str(ckpt), "engine_dir": str(engine_dir),
+    print(f"load {load_before:.1f} -> {load_avg():.1f}")
+    save_json(out, {"bench": "backends", "checkpoint": str(ckpt), "engine_dir": str(engine_dir),
+                    "load_avg_before": load_before,
                     "threads": args.threads, "repeats": args.repeats,
                     "prompt_tokens": int(x["embeds"].shape[1]),
                     "patches": {k: list(v) for k, v in x["patches"].items()},

@@ -16,40 +16,10 @@ import numpy as np
 import torch
 
 from bench.common import peak_rss_mb, save_json, time_it
-from pixelrefer_ros.model.config import (
-    LLMConfig,
-    ObjectTokenizerConfig,
-    PixelReferConfig,
-    VisionConfig,
-    preset,
-)
+from bench.models import TINY, random_model
+from pixelrefer_ros.model.config import preset
 from pixelrefer_ros.model.generate import generate
-from pixelrefer_ros.model.pixelrefer import PixelReferLite
 from pixelrefer_ros.model.preprocess import global_image, patchify, prepare_regions
-
-TINY = PixelReferConfig(
-    vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2),
-    objects=ObjectTokenizerConfig(vision_width=32, llm_width=32),
-    llm=LLMConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1))
-
-
-def random_model(cfg: PixelReferConfig, dtype: torch.dtype) -> PixelReferLite:
-    """Random weights with sane scales (1/sqrt(fan_in)), so attention is not degenerate."""
-    with torch.device("meta"):
-        model = PixelReferLite(cfg)
-    model = model.to_empty(device="cpu").to(dtype)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.fill_(1.0 if "norm" in name or "ln" in name else 0.0)
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) / fan_in**0.5)
-    model.tie_weights()
-    return model.eval()
 
 
 def scene(h: int = 480, w: int = 640) -> tuple[np.ndarray, np.ndarray]:
