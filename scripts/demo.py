@@ -41,10 +41,10 @@ def find_model(model_dir: str) -> Path:
     try:
         path = resolve_model_dir(model_dir)
     except FileNotFoundError as exc:
-        sys.exit(f"demo: {exc}\n(the built-in shapes model is trained by a separate task and is "
-                 "not in this checkout yet; run with --model-dir <checkpoint> meanwhile)")
+        sys.exit(f"demo: {exc}\n(or run with --model-dir <checkpoint>)")
     if not (path / "config.json").is_file():
-        sys.exit(f"demo: {path} is not a checkpoint directory (no config.json)")
+        sys.exit(f"demo: {path} is not a checkpoint directory (no config.json); pass "
+                 "--model-dir <checkpoint> or leave it out for the built-in shapes model")
     return path
 
 

@@ -88,12 +88,10 @@ def test_demo_end_to_end_with_the_tiny_model(tmp_path_factory):
     assert "status      : OK" in out.stdout
 
 
-def test_demo_without_a_model_says_what_is_missing(tmp_path):
-    from pixelrefer_ros.ros.refer_node import builtin_model_candidates
-
-    if any((p / "config.json").is_file() for p in builtin_model_candidates()):
-        pytest.skip("the built-in model exists")
-    out = subprocess.run([sys.executable, "scripts/demo.py", "--timeout", "20"], cwd=REPO_ROOT,
-                         env=ros_env(), capture_output=True, text=True, timeout=120)
+def test_demo_with_a_missing_model_says_what_is_missing(tmp_path):
+    missing = tmp_path / "no_such_checkpoint"
+    out = subprocess.run([sys.executable, "scripts/demo.py", "--model-dir", str(missing),
+                          "--timeout", "20"], cwd=REPO_ROOT, env=ros_env(), capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode != 0
-    assert "built-in shapes model" in out.stderr and "--model-dir" in out.stderr
+    assert str(missing) in out.stderr and "no config.json" in out.stderr, out.stderr

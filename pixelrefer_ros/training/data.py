@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from tokenizers import Tokenizer, normalizers
 
@@ -32,8 +33,11 @@ from pixelrefer_ros.model.preprocess import global_image, patchify, prepare_regi
 from pixelrefer_ros.model.tokenizer import TextTokenizer
 from pixelrefer_ros.synthetic import (
     ANSWERS,
+    COLOR_NAMES,
     PROMPTS,
     RELATION_PROMPTS,
+    SHAPES,
+    SIZES,
     Scene,
     WorldConfig,
     answer_for,
@@ -41,6 +45,10 @@ from pixelrefer_ros.synthetic import (
     generate_scene,
 )
 
+PHASES = ("answers", "vision", "crops")  # index enters the batch rng: never reorder
+CROP_MAX_MARGIN = 5  # cells of background kept around the mask in the "crops" phase: 1..this
+CROP_FRAMES = 2  # frames per scene in the "crops" phase (every object in each)
+SUB_CELLS = 4  # per-cell mask target: coverage of a SUB_CELLS x SUB_CELLS split of the patch
 HELD_OUT_SEED = 1_000_000  # training scenes use seeds below this, evaluation at or above
 IMAGE_ONLY_TASKS = ("color", "shape", "size")
 P_DEFAULT_PROMPT = 0.15  # share of "describe" questions asked with the node's default prompt
@@ -166,13 +174,27 @@ def training_questions(scene: Scene, frames: Sequence[int],
 
 @dataclass
 class RegionInput:
-    """What `ObjectTokenizer.pool_object` needs besides the crop features."""
+    """What `ObjectTokenizer.pool_object` needs besides the crop features, plus the region's
+    ground truth for the training-only auxiliary heads (`train.AuxHeads`)."""
 
     obj: int
     frame: int  # scene frame index
     mask_grid: np.ndarray  # float32 [gh, gw]
     box: tuple[int, int, int, int]
     orig_hw: tuple[int, int]
+    labels: tuple[int, int, int]  # indices into SHAPES, COLOR_NAMES, SIZES
+    geometry: tuple[float, float, float, float]  # visible centroid x, y and box w, h over W, H
+
+
+def region_truth(scene: Scene, obj: int, frame: int) -> tuple[tuple[int, int, int],
+                                                               tuple[float, ...]]:
+    """(class labels, normalised geometry) of object `obj` in `frame`, for `RegionInput`."""
+    o = scene.objects[obj]
+    labels = (SHAPES.index(o.shape), COLOR_NAMES.index(o.color), SIZES.index(o.size))
+    cx, cy = o.centroids[frame]
+    x0, y0, x1, y1 = o.bboxes[frame]
+    w, h = scene.width, scene.height
+    return labels, (float(cx) / w, float(cy) / h, float(x1 - x0) / w, float(y1 - y0) / h)
 
 
 @dataclass
@@ -227,10 +249,56 @@ def preprocess_scene(scene: Scene, frames: Sequence[int], questions: Sequence[Qu
                 packed.append(pv)
                 grids.append(grid)
             region_of[(obj, int(f))] = len(regions)
-            regions.append(RegionInput(obj, int(f), r.mask_grid, r.box, r.orig_hw))
+            labels, geometry = region_truth(scene, obj, int(f))
+            regions.append(RegionInput(obj, int(f), r.mask_grid, r.box, r.orig_hw, labels,
+                                       geometry))
     encoded = [encode_question(tokenizer, q, scene, region_of) for q in questions]
     return SceneSample(scene.seed, tuple(int(f) for f in frames), np.concatenate(packed),
                        grids, regions, encoded)
+
+
+@dataclass
+class CropSample:
+    """One object for the "crops" phase: its SAOT crop cut to the mask's cells plus one cell of
+    margin (a fifth of the patches of the full crop, the same pixel scale), with the targets of
+    `train.CropHeads`."""
+
+    pixel_values: np.ndarray  # float32 [P, 3*14*14]
+    grid: tuple[int, int]
+    inside: np.ndarray  # bool [P]: cells under the mask grid
+    labels: tuple[int, int, int]  # indices into SHAPES, COLOR_NAMES, SIZES
+    cell_targets: np.ndarray  # float32 [P, SUB_CELLS**2 + 2]: sub-cell coverage, offset to centre
+
+
+def crop_sample(scene: Scene, frame: int, obj: int, cfg: PreprocessConfig,
+                margin: int = 1) -> CropSample | None:
+    """The crop of `obj` in `frame` cut to the mask's cells plus `margin` cells (the full SAOT
+    crop has 4-6 cells of padding; a random margin keeps the features robust to it). None when
+    the processor resized the crop (pixel and mask grids then disagree) or nothing is left."""
+    r = prepare_regions([scene.frames[frame]], [scene.masks[frame, obj]], [0], cfg)[0]
+    ps = cfg.patch_size
+    gh, gw = r.mask_grid.shape
+    if r.crop.shape[:2] != (gh * ps, gw * ps) or not (r.mask_grid > 0).any():
+        return None
+    top, left, bottom, right = r.box
+    mask = scene.masks[frame, obj][top:bottom + 1, left:right + 1].astype(np.float32)
+    mask = cv2.resize(mask, (gw * ps, gh * ps), interpolation=cv2.INTER_LINEAR)
+    rows, cols = np.nonzero(r.mask_grid > 0)
+    r0, c0 = max(int(rows.min()) - margin, 0), max(int(cols.min()) - margin, 0)
+    r1, c1 = min(int(rows.max()) + 1 + margin, gh), min(int(cols.max()) + 1 + margin, gw)
+    th, tw = r1 - r0, c1 - c0
+    mask = mask[r0 * ps:r1 * ps, c0 * ps:c1 * ps]
+    sub = cv2.resize(mask, (tw * SUB_CELLS, th * SUB_CELLS), interpolation=cv2.INTER_AREA)
+    sub = sub.reshape(th, SUB_CELLS, tw, SUB_CELLS).transpose(0, 2, 1, 3).reshape(th * tw, -1)
+    cy, cx = np.argwhere(mask > 0.5).mean(axis=0) / ps if (mask > 0.5).any() else (th / 2, tw / 2)
+    rr, cc = np.mgrid[0:th, 0:tw]
+    offset = np.stack([cc + 0.5 - cx, rr + 0.5 - cy], axis=-1).reshape(-1, 2) / max(th, tw)
+    pixel_values, grid = patchify(r.crop[r0 * ps:r1 * ps, c0 * ps:c1 * ps], 1, cfg)
+    if grid != (th, tw):
+        return None
+    labels, _ = region_truth(scene, obj, frame)
+    return CropSample(pixel_values, grid, (r.mask_grid[r0:r1, c0:c1] > 0).reshape(-1), labels,
+                      np.concatenate([sub, offset], axis=1).astype(np.float32))
 
 
 def sample_frames(rng: np.random.Generator, num_frames: int, min_frames: int = 2) -> list[int]:
@@ -240,15 +308,31 @@ def sample_frames(rng: np.random.Generator, num_frames: int, min_frames: int = 2
 
 
 def make_batch(seed: int, step: int, scenes_per_step: int, tokenizer: TextTokenizer,
-               world: WorldConfig = WORLD, cfg: PreprocessConfig = PREPROCESS
-               ) -> list[SceneSample]:
-    """The scenes of training step `step`: a pure function of (seed, step)."""
-    rng = np.random.default_rng([seed, step])
-    out = []
+               world: WorldConfig = WORLD, cfg: PreprocessConfig = PREPROCESS,
+               phase: str = "answers") -> list[SceneSample]:
+    """The scenes of training step `step` of `phase`: a pure function of (seed, phase, step).
+
+    phase "answers": random frame subsets with the question mix above. Phase "vision": one
+    random frame per scene and no questions (the auxiliary heads are the only loss). Phase
+    "crops": `CropSample`s of every object in CROP_FRAMES random frames per scene.
+    """
+    rng = np.random.default_rng([seed, PHASES.index(phase), step])
+    out: list = []
     for scene_seed in rng.integers(0, HELD_OUT_SEED, scenes_per_step):
         scene = generate_scene(int(scene_seed), world)
-        frames = sample_frames(rng, scene.num_frames)
-        questions = training_questions(scene, frames, rng)
+        if phase == "crops":
+            for f in rng.choice(scene.num_frames, CROP_FRAMES, replace=False):
+                for obj in range(scene.num_objects):
+                    margin = int(rng.integers(1, CROP_MAX_MARGIN + 1))
+                    sample = crop_sample(scene, int(f), obj, cfg, margin)
+                    if sample is not None:
+                        out.append(sample)
+            continue
+        if phase == "vision":
+            frames, questions = [int(rng.integers(scene.num_frames))], []
+        else:
+            frames = sample_frames(rng, scene.num_frames)
+            questions = training_questions(scene, frames, rng)
         out.append(preprocess_scene(scene, frames, questions, tokenizer, cfg))
     return out
 
@@ -267,8 +351,8 @@ def worker_init(tokenizer_json: str) -> None:
     _WORKER_TOKENIZER = TextTokenizer(Tokenizer.from_str(tokenizer_json))
 
 
-def worker_batch(seed: int, step: int, scenes_per_step: int) -> list[SceneSample]:
+def worker_batch(seed: int, step: int, scenes_per_step: int, phase: str) -> list[SceneSample]:
     """`make_batch` in a worker process set up by `worker_init`."""
     if _WORKER_TOKENIZER is None:
         raise RuntimeError("worker_batch needs worker_init to run first in this process")
-    return make_batch(seed, step, scenes_per_step, _WORKER_TOKENIZER)
+    return make_batch(seed, step, scenes_per_step, _WORKER_TOKENIZER, phase=phase)

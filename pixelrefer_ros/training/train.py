@@ -9,9 +9,12 @@ centroids are means, so gradients reach the cells), `infuse`, `project`, `splice
 `llm.embed(ids)`, and `llm.forward_no_cache`. Cross-entropy covers the answer tokens and the
 closing `<|im_end|>` only.
 
-A run is a fixed number of steps with a fixed learning-rate schedule, so it is a function of the
-seed; `--minutes` is only a safety cap (the report says when it cut the run short). Batches are
-built one step ahead in a second process (numpy/cv2 work overlaps the torch step).
+Training runs in three phases (see `TrainConfig`): the ViT first learns shapes on tight object
+crops, then the ViT and the object tokenizer learn region attributes through training-only
+auxiliary heads, then the LLM learns to answer with the ViT frozen. Each phase is a fixed number
+of steps with its own learning-rate schedule, so a run is a function of the seed; `--minutes` is
+only a safety cap (the report says when it cut the run short). Batches are built two steps
+ahead in a second process (numpy/cv2 work overlaps the torch step).
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ from pixelrefer_ros.model.pixelrefer import PixelReferLite
 from pixelrefer_ros.model.tokenizer import TextTokenizer
 from pixelrefer_ros.model.vision import VisionAttention, VisionEncoder, rope_angles
 from pixelrefer_ros.model.vision import apply_rope as apply_vision_rope
+from pixelrefer_ros.synthetic import COLOR_NAMES, SHAPES, SIZES
 from pixelrefer_ros.training.data import (
+    SUB_CELLS,
+    CropSample,
     SceneSample,
     build_tokenizer,
     make_batch,
@@ -94,19 +100,45 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class PhaseConfig:
+    """Length and optimiser schedule of one training phase."""
+
+    steps: int
+    scenes_per_step: int
+    lr: float
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """Three phases; the last trains with the ViT frozen, like the official stage 1:
+
+    0. "crops": the ViT alone learns shapes on tight object crops (`CropHeads`): a fifth of the
+       patches of a full crop, and dense per-cell targets (which sub-cells are object, where
+       the object's centre is) that a from-scratch ViT learns from far faster than from one
+       label per object.
+    1. "vision": the object tokenizer learns what a region is (shape, colour, size, where it is)
+       through the training-only `AuxHeads`, one frame per scene, no LLM. Phases 0-1 stand in
+       for the SigLIP pretraining that the released checkpoints start from.
+    2. "answers": the object tokenizer and the LLM learn to answer, with the auxiliary loss
+       kept at `aux_weight`.
+    After phase 0 the ViT is frozen (`freeze_vision`; forward only, ~3x cheaper): training it
+    on with fresh heads measurably wiped out the shape features it had learnt.
+    """
+
     seed: int = 0
-    steps: int = 1500
-    scenes_per_step: int = 2  # each scene brings ~10-50 questions that share its vision work
-    lr: float = 2e-3
+    crops: PhaseConfig = PhaseConfig(steps=2000, scenes_per_step=6, lr=2e-3, warmup_steps=100)
+    vision: PhaseConfig = PhaseConfig(steps=300, scenes_per_step=6, lr=2e-3, warmup_steps=30)
+    answers: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=2, lr=2e-3, warmup_steps=40)
+    freeze_vision: bool = True  # after the crops phase
+    aux_weight: float = 0.5  # of the auxiliary loss in the answers phase
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    warmup_steps: int = 60
     weight_decay: float = 0.05  # matrices only; norms, biases and embeddings are not decayed
     grad_clip: float = 1.0
     llm_chunk: int = 16  # sequences per padded LLM call (sorted by length, little padding)
     log_every: int = 25
     threads: int = 2
-    max_minutes: float = 30.0  # safety cap only; the schedule is defined by `steps`
+    max_minutes: float = 30.0  # safety cap only; the schedule is defined by the step counts
     prefetch: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
 
@@ -130,6 +162,88 @@ def build_model(shape: ModelShape, tokenizer: TextTokenizer, seed: int) -> Pixel
     init_weights(model)
     model.tie_weights()
     return model
+
+
+AUX_CLASSES = (len(SHAPES), len(COLOR_NAMES), len(SIZES))
+AUX_NAMES = ("shape", "color", "size")
+AUX_GEOMETRY = 4  # centroid x, y, box w, h (fractions of the image)
+GEOMETRY_SCALE = 10.0  # makes a 0.05 error cost about as much as a wrong-ish class
+
+
+class AuxHeads(nn.Module):
+    """Training-only probes on a region's K object tokens; never saved in the checkpoint.
+
+    They read what the answers need from the mean of the projected tokens (the same tokens the
+    LLM sees): shape, colour and size classes, and the visible centroid and box size over the
+    image size. Without them, a from-scratch ViT learnt only colour within a CPU budget.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(),
+                                 nn.Linear(width, sum(AUX_CLASSES) + AUX_GEOMETRY))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """[R, K, H] -> [R, sum(AUX_CLASSES) + AUX_GEOMETRY] logits and regressions."""
+        return self.mlp(self.norm(tokens.mean(dim=1)))
+
+
+def aux_loss(heads: AuxHeads, tokens: list[Tensor],
+             samples: list[SceneSample]) -> tuple[Tensor, dict[str, float]]:
+    """Summed class cross-entropies + scaled geometry MSE, and per-head accuracy / error."""
+    out = heads(torch.cat(tokens))  # [R, ...]
+    regions = [r for s in samples for r in s.regions]
+    labels = torch.tensor([r.labels for r in regions])  # [R, 3]
+    geometry = torch.tensor([r.geometry for r in regions])  # [R, 4]
+    logits = out[:, :sum(AUX_CLASSES)].split(AUX_CLASSES, dim=1)
+    loss = torch.zeros(())
+    stats: dict[str, float] = {}
+    for i, (name, lg) in enumerate(zip(AUX_NAMES, logits, strict=True)):
+        loss = loss + F.cross_entropy(lg, labels[:, i])
+        stats[f"acc_{name}"] = float((lg.argmax(1) == labels[:, i]).float().mean())
+    err = out[:, sum(AUX_CLASSES):] - geometry
+    loss = loss + GEOMETRY_SCALE * (err**2).mean()
+    stats["geom_mae"] = float(err.detach().abs().mean())
+    return loss, stats
+
+
+class CropHeads(nn.Module):
+    """Training-only heads of the "crops" phase on raw ViT features; never saved.
+
+    `classes` reads shape and colour from the mean of the cells under the mask; `cells` reads,
+    per cell, the object coverage of its SUB_CELLS x SUB_CELLS sub-cells and its offset to the
+    object's centre (in crop sides).
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.classes = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
+                                     nn.Linear(width, AUX_CLASSES[0] + AUX_CLASSES[1]))
+        self.cells = nn.Linear(width, SUB_CELLS**2 + 2)
+
+
+def crop_loss(vision: VisionEncoder, heads: CropHeads,
+              samples: list[CropSample]) -> tuple[Tensor, dict[str, float]]:
+    """Shape + colour cross-entropy, sub-cell BCE and 10x offset MSE over a batch of crops."""
+    pixel_values = torch.from_numpy(np.concatenate([s.pixel_values for s in samples]))
+    grids = [s.grid for s in samples]
+    feats = vision_features(vision, pixel_values, grids)  # [sum P, C]
+    pooled = torch.stack([f[torch.from_numpy(s.inside)].mean(dim=0) for f, s in
+                          zip(feats.split([h * w for h, w in grids]), samples, strict=True)])
+    shape_logits, color_logits = heads.classes(pooled).split(AUX_CLASSES[:2], dim=1)
+    labels = torch.tensor([s.labels for s in samples])  # [B, 3]
+    cells = heads.cells(feats)
+    targets = torch.from_numpy(np.concatenate([s.cell_targets for s in samples]))
+    n = SUB_CELLS**2
+    loss = (F.cross_entropy(shape_logits, labels[:, 0])
+            + F.cross_entropy(color_logits, labels[:, 1])
+            + F.binary_cross_entropy_with_logits(cells[:, :n], targets[:, :n])
+            + GEOMETRY_SCALE * F.mse_loss(cells[:, n:], targets[:, n:]))
+    stats = {"acc_shape": float((shape_logits.argmax(1) == labels[:, 0]).float().mean()),
+             "acc_color": float((color_logits.argmax(1) == labels[:, 1]).float().mean()),
+             "regions": float(len(samples))}
+    return loss, stats
 
 
 # ----------------------------------------------------------------------------- forward
@@ -178,16 +292,19 @@ def vision_features(vision: VisionEncoder, pixel_values: Tensor,
     return vision.post_layernorm(x)
 
 
-def region_tokens(model: PixelReferLite, samples: list[SceneSample]) -> list[Tensor]:
+def region_tokens(model: PixelReferLite, samples: list[SceneSample],
+                  train_vision: bool = True) -> list[Tensor]:
     """Object tokens of every region of every scene: one [R_s, K, H] tensor per scene.
 
-    One ViT call over all images of the batch (attention stays within each image), then per
-    region `pool_object` on its crop, and one batched `infuse` + `project` for all regions.
+    One ViT call over all images of the batch (attention stays within each image; without
+    gradients when `train_vision` is off), then per region `pool_object` on its crop, and one
+    batched `infuse` + `project` for all regions.
     """
     obj = model.objects
     pixel_values = torch.from_numpy(np.concatenate([s.pixel_values for s in samples]))
     grids = [g for s in samples for g in s.grids]
-    feats = vision_features(model.vision, pixel_values, grids)  # [sum P, C]
+    with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
+        feats = vision_features(model.vision, pixel_values, grids)  # [sum P, C]
     parts = feats.split([gh * gw for gh, gw in grids])
     queries, local, global_ = [], [], []
     start = 0  # index of the scene's first image in `parts`
@@ -256,115 +373,146 @@ def answer_loss(model: PixelReferLite, samples: list[SceneSample], tokens: list[
 
 # ----------------------------------------------------------------------------- optimisation
 
-def make_optimizer(model: PixelReferLite, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(modules: list[nn.Module], cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `modules`; only matrices are decayed."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "embed_tokens" not in name else no_decay).append(p)
+    for module in modules:
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and "embed_tokens" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine from lr to lr * min_lr_ratio at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+def lr_at(step: int, phase: PhaseConfig, min_lr_ratio: float) -> float:
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio at the phase's last step."""
+    if step < phase.warmup_steps:
+        return phase.lr * (step + 1) / phase.warmup_steps
+    progress = (step - phase.warmup_steps) / max(1, phase.steps - phase.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return phase.lr * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
 # ----------------------------------------------------------------------------- batches
 
-def batches(cfg: TrainConfig, tokenizer: TextTokenizer, raw_json: str) -> Iterator[list]:
-    """make_batch(seed, step) for every step; with `prefetch`, computed one step ahead in a
-    spawned process (the pool is bounded to two batches in flight: they are ~60 MB each)."""
+def batches(cfg: TrainConfig, name: str, tokenizer: TextTokenizer,
+            raw_json: str) -> Iterator[list[SceneSample]]:
+    """make_batch(seed, step) for every step of phase `name`; with `prefetch`, computed two
+    steps ahead in a spawned process (bounded: at most two batches in flight)."""
+    phase: PhaseConfig = getattr(cfg, name)
     if not cfg.prefetch:
-        for step in range(cfg.steps):
-            yield make_batch(cfg.seed, step, cfg.scenes_per_step, tokenizer)
+        for step in range(phase.steps):
+            yield make_batch(cfg.seed, step, phase.scenes_per_step, tokenizer, phase=name)
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, initializer=worker_init, initargs=(raw_json,)) as pool:
-        pending = collections.deque()
-        for step in range(min(2, cfg.steps)):
-            pending.append(pool.apply_async(worker_batch,
-                                            (cfg.seed, step, cfg.scenes_per_step)))
-        for step in range(cfg.steps):
+        def submit(step: int):
+            return pool.apply_async(worker_batch, (cfg.seed, step, phase.scenes_per_step, name))
+        pending = collections.deque(submit(step) for step in range(min(2, phase.steps)))
+        for step in range(phase.steps):
             batch = pending.popleft().get()
-            if step + 2 < cfg.steps:
-                pending.append(pool.apply_async(worker_batch,
-                                                (cfg.seed, step + 2, cfg.scenes_per_step)))
+            if step + 2 < phase.steps:
+                pending.append(submit(step + 2))
             yield batch
 
 
 # ----------------------------------------------------------------------------- loop
 
+def run_phase(name: str, model: PixelReferLite, heads: AuxHeads, cfg: TrainConfig,
+              tokenizer: TextTokenizer, raw_json: str, deadline: float,
+              log=print) -> dict:
+    """One phase of `TrainConfig`'s docstring; returns its history and how it ended."""
+    phase: PhaseConfig = getattr(cfg, name)
+    answers = name == "answers"
+    train_vision = name == "crops" or not cfg.freeze_vision
+    model.vision.requires_grad_(train_vision)
+    if name == "crops":
+        crop_heads = CropHeads(model.config.vision.hidden_size)
+        modules: list[nn.Module] = [model.vision, crop_heads]
+    else:
+        modules = [model.vision, model.objects, heads] + ([model.llm] if answers else [])
+    optimizer = make_optimizer(modules, cfg, phase.lr)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    start = time.perf_counter()
+    history: list[dict] = []
+    window: dict[str, list[float]] = collections.defaultdict(list)
+    stopped, step = "steps", 0
+    for step, samples in enumerate(batches(cfg, name, tokenizer, raw_json)):
+        lr = lr_at(step, phase, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if name == "crops":
+            loss_aux, stats = crop_loss(model.vision, crop_heads, samples)
+            loss = loss_aux
+        else:
+            tokens = region_tokens(model, samples, train_vision)
+            loss_aux, stats = aux_loss(heads, tokens, samples)
+            loss = loss_aux
+        if answers:
+            losses = answer_loss(model, samples, tokens, tokenizer.region_id, cfg.llm_chunk)
+            loss = losses.mean + cfg.aux_weight * loss_aux
+            window["answer_loss"].append(float(losses.mean.detach()))
+            for key, (value, n) in losses.per_task.items():
+                window[f"task:{key}"].append(value / n)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        optimizer.step()
+        window["loss"].append(float(loss.detach()))
+        window["aux_loss"].append(float(loss_aux.detach()))
+        for key, value in stats.items():
+            window[key].append(value)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == phase.steps:
+            entry = {"step": step + 1, "lr": lr, "grad_norm": round(grad_norm, 3),
+                     "elapsed_s": round(time.perf_counter() - start, 1)}
+            entry |= {k: round(float(np.mean(v)), 4) for k, v in sorted(window.items())}
+            history.append(entry)
+            log(f"[{name}] " + "  ".join(f"{k} {v}" for k, v in entry.items()))
+            window.clear()
+        if time.perf_counter() > deadline and step + 1 < phase.steps:
+            stopped = "max_minutes"
+            log(f"[{name}] stopping at step {step + 1}: the {cfg.max_minutes} minute cap")
+            break
+    return {"steps_done": step + 1, "stopped_by": stopped,
+            "wall_time_s": round(time.perf_counter() - start, 1), "history": history}
+
+
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
           log=print) -> tuple[PixelReferLite, dict]:
-    """Run `cfg.steps` steps; write the checkpoint + training_report.json when out_dir is set."""
+    """Both phases; write the checkpoint + training_report.json when out_dir is set."""
     torch.set_num_threads(cfg.threads)
     raw_tokenizer = build_tokenizer()
     tokenizer = TextTokenizer(raw_tokenizer)
     model = build_model(cfg.shape, tokenizer, cfg.seed)
+    heads = AuxHeads(model.config.llm.hidden_size)
     model.train()
-    region_id = tokenizer.region_id
-    optimizer = make_optimizer(model, cfg)
     num_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {num_params:,} parameters; vocab {tokenizer.vocab_size}; "
-        f"{cfg.steps} steps x {cfg.scenes_per_step} scenes")
-
+    log(f"model: {num_params:,} parameters; vocab {tokenizer.vocab_size}"
+        "; phases (steps x scenes): " + ", ".join(
+            f"{n} {getattr(cfg, n).steps} x {getattr(cfg, n).scenes_per_step}"
+            for n in ("crops", "vision", "answers")))
     start = time.perf_counter()
-    history: list[dict] = []
-    window: list[float] = []
-    task_window: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
-    step = 0
-    stopped = "steps"
-    for step, samples in enumerate(batches(cfg, tokenizer, raw_tokenizer.to_str())):
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tokens = region_tokens(model, samples)
-        losses = answer_loss(model, samples, tokens, region_id, cfg.llm_chunk)
-        loss = losses.mean
-        for key, (value, n) in losses.per_task.items():
-            task_window[key][0] += value
-            task_window[key][1] += n
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            elapsed = time.perf_counter() - start
-            per_task = {k: round(v / n, 4) for k, (v, n) in sorted(task_window.items())}
-            entry = {"step": step + 1, "loss": float(np.mean(window)), "lr": lr,
-                     "grad_norm": grad_norm, "elapsed_s": round(elapsed, 1),
-                     "task_loss": per_task}
-            history.append(entry)
-            log(f"step {step + 1:5d}  loss {entry['loss']:.4f}  lr {lr:.2e}  "
-                f"|g| {grad_norm:.2f}  {elapsed / 60:.1f} min  "
-                + " ".join(f"{k}={v:.3f}" for k, v in per_task.items()))
-            window = []
-            task_window.clear()
-        if time.perf_counter() - start > cfg.max_minutes * 60 and step + 1 < cfg.steps:
-            stopped = "max_minutes"
-            log(f"stopping at step {step + 1}: the {cfg.max_minutes} minute cap was reached")
-            break
-    wall = time.perf_counter() - start
+    deadline = start + cfg.max_minutes * 60
+    phases = {name: run_phase(name, model, heads, cfg, tokenizer, raw_tokenizer.to_str(),
+                              deadline, log)
+              for name in ("crops", "vision", "answers")}
+    model.requires_grad_(True)
     model.eval()
+    last = phases["answers"]["history"][-1] if phases["answers"]["history"] else {}
     report = {
         "train_config": asdict(cfg),
         "seed": cfg.seed,
-        "steps_done": step + 1,
-        "stopped_by": stopped,
-        "wall_time_s": round(wall, 1),
-        "final_loss": history[-1]["loss"] if history else float("nan"),
+        "phases": phases,
+        "stopped_by": "max_minutes" if any(p["stopped_by"] == "max_minutes"
+                                           for p in phases.values()) else "steps",
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "final_answer_loss": last.get("answer_loss", float("nan")),
         "num_parameters": num_params,
         "vocab_size": tokenizer.vocab_size,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "threads": cfg.threads,
-        "history": history,
     }
     if out_dir is not None:
         save_checkpoint(model, raw_tokenizer, out_dir)
@@ -376,21 +524,35 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--steps", type=int, default=TrainConfig.steps,
-                   help="optimizer steps (the schedule spans exactly these)")
-    p.add_argument("--minutes", type=float, default=TrainConfig.max_minutes,
+    d = TrainConfig()
+    for name in ("crops", "vision", "answers"):
+        phase: PhaseConfig = getattr(d, name)
+        p.add_argument(f"--{name}-steps", type=int, default=phase.steps,
+                       help=f"optimizer steps of the {name} phase (its schedule spans them)")
+        p.add_argument(f"--{name}-scenes", type=int, default=phase.scenes_per_step)
+        p.add_argument(f"--{name}-lr", type=float, default=phase.lr)
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight)
+    p.add_argument("--train-vision", action="store_true",
+                   help="keep training the ViT after the crops phase")
+    p.add_argument("--minutes", type=float, default=d.max_minutes,
                    help="safety cap on wall time; a capped run is reported as such")
-    p.add_argument("--scenes-per-step", type=int, default=TrainConfig.scenes_per_step)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--threads", type=int, default=TrainConfig.threads)
+    p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--no-prefetch", action="store_true", help="build batches in this process")
     args = p.parse_args(argv)
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, max_minutes=args.minutes,
-                      scenes_per_step=args.scenes_per_step, lr=args.lr, threads=args.threads,
-                      prefetch=not args.no_prefetch,
-                      warmup_steps=min(TrainConfig.warmup_steps, max(1, args.steps // 10)))
+
+    def phase_args(name: str) -> PhaseConfig:
+        steps = getattr(args, f"{name}_steps")
+        default: PhaseConfig = getattr(d, name)
+        return PhaseConfig(steps=steps, scenes_per_step=getattr(args, f"{name}_scenes"),
+                           lr=getattr(args, f"{name}_lr"),
+                           warmup_steps=min(default.warmup_steps, max(1, steps // 10)))
+
+    cfg = TrainConfig(seed=args.seed, crops=phase_args("crops"), vision=phase_args("vision"),
+                      answers=phase_args("answers"), aux_weight=args.aux_weight,
+                      freeze_vision=not args.train_vision, max_minutes=args.minutes,
+                      threads=args.threads, prefetch=not args.no_prefetch)
     _, report = train(cfg, args.out)
-    print(json.dumps({k: report[k] for k in ("steps_done", "wall_time_s", "final_loss",
+    print(json.dumps({k: report[k] for k in ("wall_time_s", "final_answer_loss",
                                              "num_parameters", "stopped_by")}))
 
 
