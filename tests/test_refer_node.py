@@ -327,8 +327,13 @@ def test_busy_when_flooded(cam, node):
 
 
 def test_diagnostics_report_worker_and_buffer(cam):
-    assert spin_until(cam.executor, lambda: len(cam.diagnostics) >= 2, 15)
-    last = {s.name: {kv.key: kv.value for kv in s.values} for s in cam.diagnostics[-1].status}
+    def latest() -> dict[str, dict[str, str]]:
+        return {s.name: {kv.key: kv.value for kv in s.values} for s in cam.diagnostics[-1].status}
+
+    # Diagnostics come at 1 Hz: wait for one published after the flood of the test above.
+    assert spin_until(cam.executor, lambda: len(cam.diagnostics) >= 2 and "results.BUSY" in
+                      latest().get("refer_node: model worker", {}), 15)
+    last = latest()
     worker = last["refer_node: model worker"]
     camera = last["refer_node: camera camera"]
     assert worker["backend"] == "torch" and worker["model_state"] == "running"
