@@ -15,6 +15,7 @@ from pixelrefer_ros.training.data import (
     build_tokenizer,
     crop_sample,
     make_batch,
+    relation_questions,
 )
 from pixelrefer_ros.training.train import (
     ModelShape,
@@ -75,3 +76,14 @@ def test_crop_sample_targets_describe_the_object() -> None:
     offsets = sample.cell_targets[:, SUB_CELLS**2:]
     weights = coverage[:, None]
     assert np.abs((offsets * weights).sum(0) / weights.sum()).max() < 0.1  # centred on object
+
+
+def test_relation_curriculum_asks_only_left_of_early_on() -> None:
+    rng = np.random.default_rng(0)
+    both, left = set(), set()
+    for seed in range(40):
+        scene = generate_scene(seed)
+        both |= {q.prompt for q in relation_questions(scene, 0, rng, 4)}
+        left |= {q.prompt for q in relation_questions(scene, 0, rng, 4, left_only=True)}
+    assert len(both) == 2  # "left of" and "right of"
+    assert len(left) == 1 and "left" in left.pop()

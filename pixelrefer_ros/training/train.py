@@ -127,18 +127,19 @@ class TrainConfig:
     """
 
     seed: int = 0
-    crops: PhaseConfig = PhaseConfig(steps=2000, scenes_per_step=6, lr=2e-3, warmup_steps=100)
-    vision: PhaseConfig = PhaseConfig(steps=300, scenes_per_step=6, lr=2e-3, warmup_steps=30)
-    answers: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=2, lr=2e-3, warmup_steps=40)
+    crops: PhaseConfig = PhaseConfig(steps=2200, scenes_per_step=6, lr=2e-3, warmup_steps=100)
+    vision: PhaseConfig = PhaseConfig(steps=200, scenes_per_step=6, lr=2e-3, warmup_steps=20)
+    answers: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=2, lr=3e-3, warmup_steps=40)
     freeze_vision: bool = True  # after the crops phase
     aux_weight: float = 0.5  # of the auxiliary loss in the answers phase
+    left_only_share: float = 0.5  # of the answers phase asking only "left of" (data.py)
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     weight_decay: float = 0.05  # matrices only; norms, biases and embeddings are not decayed
     grad_clip: float = 1.0
     llm_chunk: int = 16  # sequences per padded LLM call (sorted by length, little padding)
     log_every: int = 25
     threads: int = 2
-    max_minutes: float = 30.0  # safety cap only; the schedule is defined by the step counts
+    max_minutes: float = 40.0  # safety cap only; the schedule is defined by the step counts
     prefetch: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
 
@@ -401,14 +402,20 @@ def batches(cfg: TrainConfig, name: str, tokenizer: TextTokenizer,
     """make_batch(seed, step) for every step of phase `name`; with `prefetch`, computed two
     steps ahead in a spawned process (bounded: at most two batches in flight)."""
     phase: PhaseConfig = getattr(cfg, name)
+
+    def left_only(step: int) -> bool:
+        return name == "answers" and step < cfg.left_only_share * phase.steps
+
     if not cfg.prefetch:
         for step in range(phase.steps):
-            yield make_batch(cfg.seed, step, phase.scenes_per_step, tokenizer, phase=name)
+            yield make_batch(cfg.seed, step, phase.scenes_per_step, tokenizer, phase=name,
+                             left_only=left_only(step))
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, initializer=worker_init, initargs=(raw_json,)) as pool:
         def submit(step: int):
-            return pool.apply_async(worker_batch, (cfg.seed, step, phase.scenes_per_step, name))
+            return pool.apply_async(worker_batch, (cfg.seed, step, phase.scenes_per_step, name,
+                                                   left_only(step)))
         pending = collections.deque(submit(step) for step in range(min(2, phase.steps)))
         for step in range(phase.steps):
             batch = pending.popleft().get()
@@ -532,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{name}-scenes", type=int, default=phase.scenes_per_step)
         p.add_argument(f"--{name}-lr", type=float, default=phase.lr)
     p.add_argument("--aux-weight", type=float, default=d.aux_weight)
+    p.add_argument("--left-only-share", type=float, default=d.left_only_share,
+                   help="share of the answers phase that asks only 'left of' relations")
     p.add_argument("--train-vision", action="store_true",
                    help="keep training the ViT after the crops phase")
     p.add_argument("--minutes", type=float, default=d.max_minutes,
@@ -549,6 +558,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = TrainConfig(seed=args.seed, crops=phase_args("crops"), vision=phase_args("vision"),
                       answers=phase_args("answers"), aux_weight=args.aux_weight,
+                      left_only_share=args.left_only_share,
                       freeze_vision=not args.train_vision, max_minutes=args.minutes,
                       threads=args.threads, prefetch=not args.no_prefetch)
     _, report = train(cfg, args.out)
