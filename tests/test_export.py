@@ -1,5 +1,6 @@
 """pixelrefer-export end to end: export the built-in model (the official tiny checkpoint until
-models/shapes exists), verify every graph and the greedy text against torch, and check the
+models/shapes exists) and the official tiny checkpoint, verify every graph and the greedy text
+against torch (and the official greedy ids through onnxruntime), and check the
 backend seam, the engine-directory guards and the TensorRT tagging logic (TensorRT itself is
 not installable here, so only its pure-Python parts run)."""
 
@@ -39,16 +40,19 @@ CKPT = SHAPES if (SHAPES / "config.json").is_file() else OFFICIAL_CKPT
 ATOL = {"vision": 2e-4, "objects": 1e-4, "prefill": 1e-4, "decode": 1e-4}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple:
+def export_and_verify(ckpt, out) -> tuple:
     """One CLI run: export + --verify on the fixture cases and one synthetic scene pair."""
-    out = tmp_path_factory.mktemp("engines")
     run = subprocess.run(
-        [sys.executable, "-m", "export.cli", str(CKPT), "--out", str(out), "--verify",
+        [sys.executable, "-m", "export.cli", str(ckpt), "--out", str(out), "--verify",
          "--verify-cases", str(CASES_DIR), "--synthetic-scenes", "1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run.stdout
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple:
+    return export_and_verify(CKPT, tmp_path_factory.mktemp("engines"))
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +102,24 @@ def test_verify_parity_numbers(exported) -> None:
     assert all(t["identical"] and t["tokens"] > 0 for t in report["text"].values())
 
 
-@pytest.mark.skipif(CKPT != OFFICIAL_CKPT, reason="official greedy ids need the official model")
+@pytest.fixture(scope="module")
+def official_ort_pipeline(tmp_path_factory) -> RegionPipeline:
+    """The official tiny checkpoint exported and verified too: its greedy ids are the parity
+    target of the official implementation."""
+    if CKPT == OFFICIAL_CKPT:
+        out = export_and_verify(CKPT, tmp_path_factory.mktemp("official_engines"))[0]
+    else:
+        out, stdout = export_and_verify(OFFICIAL_CKPT, tmp_path_factory.mktemp("official"))
+        assert "PASSED" in stdout
+    loaded = load_checkpoint(OFFICIAL_CKPT, "float32")
+    return RegionPipeline(loaded, OrtBackend(out, loaded.checkpoint_hash))
+
+
 @pytest.mark.parametrize("case", ["image_three_masks_medium", "video_one_object"])
-def test_onnxruntime_reproduces_official_tokens(ort_pipeline, case) -> None:
+def test_onnxruntime_reproduces_official_tokens(official_ort_pipeline, case) -> None:
     tensors, meta = load_case(case)
     images, masks = case_inputs(meta)
-    answer = ort_pipeline.describe(images, masks, meta["mask_ids"], meta["instruct"],
+    answer = official_ort_pipeline.describe(images, masks, meta["mask_ids"], meta["instruct"],
                                    meta["modal"], meta["timestamps"], meta["mask_ids_raw"],
                                    max_new_tokens=16)
     assert answer.token_ids == tensors["llm.greedy_ids"].tolist()
