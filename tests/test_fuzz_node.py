@@ -4,9 +4,9 @@ refer_node (real rclpy, tiny random model), then checks that every message ended
 response or a counted, logged rejection, that the node is alive, still answers a valid request
 correctly, and that its memory stayed bounded.
 
-The node subscribes images reliable with a deep queue here, so that every fuzzed frame is
-delivered and can be accounted for (the shipped best-effort depth-1 setting is what the overload
-test runs).
+The node subscribes images reliable, and images and regions with deep queues here, so that every
+fuzzed message is delivered and can be accounted for (the shipped best-effort depth-1 image
+setting is what the overload test runs).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def ctx():
 def fuzz_node(ctx, tiny_ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz_node") / "refer_node.log"
     params = {"model_dir": tiny_ckpt, "image_qos_reliability": "reliable",
-              "image_qos_depth": 400, "max_image_pixels": MAX_PIXELS, "buffer_max_mbytes": 32.0,
+              "image_qos_depth": 400, "regions_qos_depth": 400, "max_image_pixels": MAX_PIXELS,
+              "buffer_max_mbytes": 32.0,
               "request_timeout_s": TIMEOUT_CAP_S, "max_new_tokens": 8, "video_max_frames": 4,
               "diagnostics_period_s": 0.5}
     args = ["-m", "pixelrefer_ros.ros.refer_node", "--ros-args", "--params-file",

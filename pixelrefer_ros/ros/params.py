@@ -52,6 +52,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               RELIABILITIES),
     ParamSpec("image_qos_depth", 1, "image subscription history depth (KEEP_LAST; the buffer "
               "keeps the history, so 1 avoids stale queues)"),
+    ParamSpec("regions_qos_depth", 10, "region subscription history depth (RELIABLE, KEEP_LAST: "
+              "a burst of more arrays than this before the node takes them loses the oldest)"),
     ParamSpec("max_image_pixels", 16_777_216, "frames with more pixels are refused "
               "(default 4096x4096)"),
     ParamSpec("point_radius_px", 24.0, "TYPE_POINT regions become a filled disk of this "
@@ -100,6 +102,7 @@ class NodeParams:
     image_transport: str
     image_qos_reliability: str
     image_qos_depth: int
+    regions_qos_depth: int
     max_image_pixels: int
     point_radius_px: float
     buffer_window_s: float
@@ -129,9 +132,9 @@ class NodeParams:
                 or not all(c.strip() and c == c.strip() for c in self.cameras):
             raise ValueError(f"parameter cameras={list(self.cameras)!r} must be a non-empty list "
                              "of distinct, non-blank names")
-        at_least_one = ("image_qos_depth", "max_image_pixels", "buffer_max_frames",
-                        "buffer_max_objects", "video_max_frames", "max_new_tokens",
-                        "max_queued_requests")
+        at_least_one = ("image_qos_depth", "regions_qos_depth", "max_image_pixels",
+                        "buffer_max_frames", "buffer_max_objects", "video_max_frames",
+                        "max_new_tokens", "max_queued_requests")
         positive = ("point_radius_px", "buffer_window_s", "buffer_max_mbytes", "video_window_s",
                     "request_timeout_s", "diagnostics_period_s", "qos_warn_after_s")
         non_negative = ("buffer_keep_raw_s", "stamp_tolerance_s", "encode_rate_hz")

@@ -36,9 +36,12 @@ def _reliable_10() -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def regions_qos() -> QoSProfile:
+def regions_qos(depth: int = 10) -> QoSProfile:
     """RegionPromptArray subscriptions (and publishers, e.g. the synthetic camera)."""
-    return _reliable_10()
+    if depth < 1:
+        raise ValueError(f"regions QoS depth must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def service_qos() -> QoSProfile:

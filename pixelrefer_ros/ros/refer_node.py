@@ -131,7 +131,7 @@ class ReferNode(Node):
                     callback_group=inputs_group)
             regions = self.create_subscription(
                 RegionPromptArray, f"{cam.name}/regions", lambda m, c=cam: self.regions_cb(m, c),
-                qos.regions_qos(), callback_group=inputs_group)
+                qos.regions_qos(p.regions_qos_depth), callback_group=inputs_group)
             cam.image_topic, cam.regions_topic = sub.topic_name, regions.topic_name
             self._subs += [sub, regions]
         self._srv = self.create_service(DescribeRegion, "describe_region", self.describe_cb,
