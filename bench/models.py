@@ -31,6 +31,7 @@ from pixelrefer_ros.model.pipeline import RegionPipeline
 from pixelrefer_ros.model.pixelrefer import PixelReferLite
 from pixelrefer_ros.model.prompt import DEFAULT_PROMPT_IMAGE, DEFAULT_PROMPT_VIDEO
 from pixelrefer_ros.model.tokenizer import TextTokenizer
+from pixelrefer_ros.training.train import ModelShape
 
 BUILTIN = REPO / "models" / "shapes"
 
@@ -42,15 +43,9 @@ TINY = PixelReferConfig(
                   num_attention_heads=2, num_key_value_heads=1),
     torch_dtype="float32", model_id="random-tiny")
 
-# The shapes model's shape (training/train.py ModelShape defaults, copied so that the benches do
-# not import the training code while it is being changed): ViT 64 wide x 2, LLM 128 wide x 3.
-SMALL = PixelReferConfig(
-    vision=VisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                        num_attention_heads=4),
-    objects=ObjectTokenizerConfig(vision_width=64, llm_width=128),
-    llm=LLMConfig(vocab_size=128, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096),
-    torch_dtype="float32", model_id="random-shapes-shaped")
+# The shapes model's shape (training/train.py ModelShape defaults): ViT 64 wide x 2, LLM 128
+# wide x 3.
+SMALL = replace(ModelShape().config(vocab_size=128), model_id="random-shapes-shaped")
 
 # Words of the default prompts, the video "Time t:" blocks and the shapes world's answers.
 WORDS = [*DEFAULT_PROMPT_IMAGE.split(), *DEFAULT_PROMPT_VIDEO.split(), "relationship", "between",

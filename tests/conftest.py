@@ -59,6 +59,24 @@ def official_ckpt() -> Path:
     return OFFICIAL_CKPT
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The tiny random-weight checkpoint (tests/tiny_model.py), written once per session."""
+    from tests.tiny_model import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """An rclpy context of the test module's own (init + shutdown around the module)."""
+    rclpy = pytest.importorskip("rclpy")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
 # Summary lines of the robustness tests (cases run, outcome counts, skipped frames), printed in
 # their own section at the end of the run, so `make test` shows what the fuzzers covered.
 ROBUSTNESS_LINES: list[str] = []

@@ -10,18 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.rosutil import ros_env
-from tests.tiny_model import write_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
 
 
 def run_bench(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -32,7 +32,6 @@ from pixelrefer_ros.runtime.trt_backend import EngineMismatchError, engine_tag
 from pixelrefer_ros.synthetic import WorldConfig, generate_scene
 from tests.rosutil import REPO_ROOT, spin_until, start_process, stop_process
 from tests.test_worker import Spy, filled_buffer, job, wait_all_tokens
-from tests.tiny_model import write_tiny_checkpoint
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -45,11 +44,6 @@ R = DescribeRegion.Response
 REQ = DescribeRegion.Request
 S = 1_000_000_000
 START_LIMIT_S = 120.0  # a node that neither serves nor exits by then counts as hung
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
 
 
 # ------------------------------------------------------------------ refusing to start
@@ -206,14 +200,6 @@ def test_worker_death_answers_in_flight_and_queued_requests_at_once(tiny_ckpt):
 
 
 # ------------------------------------------------- serving with faults, across processes
-@pytest.fixture(scope="module")
-def ctx():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
 @pytest.fixture(scope="module")
 def faulty(ctx, tiny_ckpt, tmp_path_factory):
     """The faulty node in its own namespace, and a camera that has given it three frames."""

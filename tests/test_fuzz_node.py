@@ -31,8 +31,7 @@ from tests.fuzz_strategies import (
     time_msg,
     well_formed,
 )
-from tests.rosutil import REPO_ROOT, rss_mib, spin_until, start_process, stop_process
-from tests.tiny_model import write_tiny_checkpoint
+from tests.rosutil import rss_mib, spin_until, stop_process
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -41,7 +40,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from pixelrefer_ros_interfaces.msg import RegionPromptArray  # noqa: E402
 from pixelrefer_ros_interfaces.srv import DescribeRegion  # noqa: E402
-from tests.test_refer_node import Camera  # noqa: E402
+from tests.test_refer_node import Camera, start_node  # noqa: E402
 
 R = DescribeRegion.Response
 KNOWN_IDS = (0, 1, 2, 2**32 - 1)
@@ -71,31 +70,12 @@ def shifted(msg, delta_ns: int):
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-@pytest.fixture(scope="module")
 def fuzz_node(ctx, tiny_ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz_node") / "refer_node.log"
-    params = {"model_dir": tiny_ckpt, "image_qos_reliability": "reliable",
-              "image_qos_depth": 400, "regions_qos_depth": 400, "max_image_pixels": MAX_PIXELS,
-              "buffer_max_mbytes": 32.0,
-              "request_timeout_s": TIMEOUT_CAP_S, "max_new_tokens": 8, "video_max_frames": 4,
-              "diagnostics_period_s": 0.5}
-    args = ["-m", "pixelrefer_ros.ros.refer_node", "--ros-args", "--params-file",
-            str(REPO_ROOT / "config/refer.yaml"), "-r", "__ns:=/fuzz"]
-    for k, v in params.items():
-        args += ["-p", f"{k}:={v}"]
-    proc = start_process(args, log)
+    proc = start_node(tiny_ckpt, log, "/fuzz", image_qos_reliability="reliable",
+                      image_qos_depth=400, regions_qos_depth=400, max_image_pixels=MAX_PIXELS,
+                      buffer_max_mbytes=32.0, request_timeout_s=TIMEOUT_CAP_S, max_new_tokens=8,
+                      video_max_frames=4, diagnostics_period_s=0.5)
     cam = Camera(ctx, namespace="/fuzz")
     cam.deep_image_pub = cam.node.create_publisher(Image, "camera/image_raw", DEEP)
     cam.deep_regions_pub = cam.node.create_publisher(RegionPromptArray, "camera/regions", DEEP)

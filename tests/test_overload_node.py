@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from pixelrefer_ros.ros.conversions import make_header, rgb_to_image
-from tests.rosutil import REPO_ROOT, rss_mib, spin_until, start_process, stop_process
-from tests.tiny_model import write_tiny_checkpoint
+from tests.rosutil import rss_mib, spin_until, stop_process
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -26,7 +25,7 @@ from sensor_msgs.msg import RegionOfInterest  # noqa: E402
 
 from pixelrefer_ros_interfaces.msg import RegionPrompt, RegionPromptArray  # noqa: E402
 from pixelrefer_ros_interfaces.srv import DescribeRegion  # noqa: E402
-from tests.test_refer_node import Camera  # noqa: E402
+from tests.test_refer_node import Camera, start_node  # noqa: E402
 
 R = DescribeRegion.Response
 H, W, RATE_HZ, STREAM_S = 720, 1280, 60.0, 4.0
@@ -37,27 +36,11 @@ NAMES = {getattr(R, k): k for k in dir(R) if k.isupper() and isinstance(getattr(
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-@pytest.fixture(scope="module")
 def overload_node(ctx, tiny_ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("overload") / "refer_node.log"
-    args = ["-m", "pixelrefer_ros.ros.refer_node", "--ros-args", "--params-file",
-            str(REPO_ROOT / "config/refer.yaml"), "-r", "__ns:=/overload",
-            "-p", f"model_dir:={tiny_ckpt}", "-p", f"max_queued_requests:={MAX_QUEUED}",
-            "-p", f"buffer_max_frames:={MAX_FRAMES}", "-p", f"buffer_max_mbytes:={MAX_MBYTES}",
-            "-p", f"request_timeout_s:={CALL_TIMEOUT_S}", "-p", "diagnostics_period_s:=0.25"]
-    proc = start_process(args, log)
+    proc = start_node(tiny_ckpt, log, "/overload", max_queued_requests=MAX_QUEUED,
+                      buffer_max_frames=MAX_FRAMES, buffer_max_mbytes=MAX_MBYTES,
+                      request_timeout_s=CALL_TIMEOUT_S, diagnostics_period_s=0.25)
     cam = Camera(ctx, namespace="/overload")
     # 20 requests in one burst: the client's own request history must hold them all too (the
     # default services profile keeps 10; the node's side is qos.service_qos).

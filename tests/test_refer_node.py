@@ -42,7 +42,6 @@ from pixelrefer_ros_interfaces.msg import (  # noqa: E402
 from pixelrefer_ros_interfaces.srv import DescribeRegion  # noqa: E402
 from tests.rosutil import REPO_ROOT, spin_until, start_process, stop_process  # noqa: E402
 from tests.test_launch_params import launch_node_parameters  # noqa: E402
-from tests.tiny_model import write_tiny_checkpoint  # noqa: E402
 
 S = 1_000_000_000
 DT = S // 10
@@ -50,11 +49,6 @@ R = DescribeRegion.Response
 REQ = DescribeRegion.Request
 FRAME_ID = "test_cam_optical"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
 
 
 def start_node(tiny_ckpt: Path, log: Path, namespace: str = "", **params) -> object:
@@ -118,14 +112,6 @@ class Camera:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")

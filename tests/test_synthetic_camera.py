@@ -19,7 +19,6 @@ from std_msgs.msg import String  # noqa: E402
 from pixelrefer_ros.ros.conversions import image_to_rgb, region_to_mask, stamp_to_ns  # noqa: E402
 from pixelrefer_ros_interfaces.msg import RegionPrompt, RegionPromptArray  # noqa: E402
 from tests.rosutil import REPO_ROOT, ros_env, spin_until, start_process, stop_process  # noqa: E402
-from tests.tiny_model import write_tiny_checkpoint  # noqa: E402
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -75,11 +74,10 @@ def test_camera_publishes_frames_regions_and_truth_with_one_header(tmp_path):
         assert stop_process(proc) == 0, log.read_text()
 
 
-def test_demo_end_to_end_with_the_tiny_model(tmp_path_factory):
-    ckpt = write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
+def test_demo_end_to_end_with_the_tiny_model(tiny_ckpt):
     env = ros_env()
     env.pop("ROS_DOMAIN_ID")  # the demo takes a domain of its own
-    out = subprocess.run([sys.executable, "scripts/demo.py", "--model-dir", str(ckpt),
+    out = subprocess.run([sys.executable, "scripts/demo.py", "--model-dir", str(tiny_ckpt),
                           "--timeout", "150"], cwd=REPO_ROOT, env=env, capture_output=True,
                          text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

@@ -23,17 +23,11 @@ from pixelrefer_ros.runtime import (
     WorkerConfig,
 )
 from pixelrefer_ros.synthetic import WorldConfig, generate_scene
-from tests.tiny_model import write_tiny_checkpoint
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a realistic wall-clock stamp
 DT = S // 10  # 10 Hz camera
 CAM = "cam"
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@
   frame matters (the buffer keeps the history); best effort matches both best-effort and reliable
   camera publishers, while a RELIABLE subscription silently ignores a best-effort camera
   (ros_conventions §4.1, the most repeated support issue).
-- Region prompts and requests are sparse user input that must not be lost: RELIABLE, depth 10
-  for regions; the describe service holds a burst of SERVICE_BURST requests (see service_qos).
+- Region prompts and requests are sparse user input that must not be lost: RELIABLE, depth
+  `regions_qos_depth` (10) for regions; the describe service holds a burst of SERVICE_BURST
+  requests (see service_qos).
 - Descriptions and diagnostics: RELIABLE, depth 10.
 """
 
@@ -31,8 +32,9 @@ def image_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE, reliability=RELIABILITY[reliability])
 
 
-def _reliable_10() -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+def _reliable(depth: int) -> QoSProfile:
+    """RELIABLE, VOLATILE, KEEP_LAST `depth`: every profile here but the image subscription."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -40,8 +42,7 @@ def regions_qos(depth: int = 10) -> QoSProfile:
     """RegionPromptArray subscriptions (and publishers, e.g. the synthetic camera)."""
     if depth < 1:
         raise ValueError(f"regions QoS depth must be >= 1, got {depth}")
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
+    return _reliable(depth)
 
 
 def service_qos() -> QoSProfile:
@@ -49,21 +50,19 @@ def service_qos() -> QoSProfile:
     that, arriving before the executor takes them, was lost without an answer (the caller hung
     until its own timeout). The node answers BUSY at once past its worker queue, so the history
     only has to hold a burst until the executor gets to it; responses use the same depth."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_BURST,
-                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
+    return _reliable(SERVICE_BURST)
 
 
 def descriptions_qos() -> QoSProfile:
     """ObjectDescription / String answers."""
-    return _reliable_10()
+    return _reliable(10)
 
 
 def diagnostics_qos() -> QoSProfile:
     """/diagnostics (the aggregator subscribes reliable, depth 10)."""
-    return _reliable_10()
+    return _reliable(10)
 
 
 def camera_publisher_qos() -> QoSProfile:
     """What the synthetic camera offers: reliable, depth 5 (matches any image subscription)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                      durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE)
+    return _reliable(5)
