@@ -3,6 +3,8 @@ checkpoint; the training forward matches the model's own forward."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -14,14 +16,19 @@ from pixelrefer_ros.training.data import (
     SUB_CELLS,
     build_tokenizer,
     crop_sample,
+    focus_questions,
     make_batch,
+    preprocess_scene,
     relation_questions,
+    without_pixels,
 )
 from pixelrefer_ros.training.train import (
     ModelShape,
     PhaseConfig,
     TrainConfig,
     build_model,
+    region_tokens,
+    token_bank,
     train,
     vision_features,
 )
@@ -37,20 +44,33 @@ def _first_last(history: list[dict], key: str) -> tuple[float, float]:
 
 def test_short_run_loss_falls_in_every_phase_and_writes_a_checkpoint(tmp_path) -> None:
     cfg = TrainConfig(crops=PhaseConfig(30, 2, 3e-3, 3), vision=PhaseConfig(10, 1, 3e-3, 2),
-                      answers=PhaseConfig(16, 1, 3e-3, 2), log_every=5, prefetch=False,
-                      shape=TINY)
+                      answers=PhaseConfig(16, 1, 3e-3, 2), focus=PhaseConfig(20, 4, 3e-3, 2),
+                      focus_bank=6, log_every=5, prefetch=False, shape=TINY)
     _, report = train(cfg, out_dir=tmp_path / "ckpt", log=lambda *_: None)
     crops = report["phases"]["crops"]["history"]
     answers = report["phases"]["answers"]["history"]
-    assert len(crops) == 6 and len(answers) == 4
-    first, last = _first_last(crops, "loss")
-    assert last < 0.8 * first, crops
-    first, last = _first_last(answers, "answer_loss")
-    assert last < 0.8 * first, answers
+    focus = report["phases"]["focus"]["history"]
+    assert len(crops) == 6 and len(answers) == 4 and len(focus) == 4
+    for history, key in ((crops, "loss"), (answers, "answer_loss"), (focus, "answer_loss")):
+        first, last = _first_last(history, key)
+        assert last < 0.8 * first, history
     assert report["stopped_by"] == "steps"
     loaded = load_checkpoint(tmp_path / "ckpt")  # an ordinary checkpoint, heads left out
     assert loaded.config.llm.hidden_size == 64
     assert not any(k.startswith(("heads", "crop")) for k in loaded.model.state_dict())
+
+    # --init-from: only the focus phase, on top of that checkpoint; the vision side is kept
+    # (and --focus-stop-step: the schedule of 20 steps, cut after 12)
+    cut = replace(cfg, focus_stop_step=12)
+    _, again = train(cut, out_dir=tmp_path / "focused", log=lambda *_: None,
+                     init_from=tmp_path / "ckpt")
+    assert list(again["phases"]) == ["focus"]
+    assert again["phases"]["focus"]["steps_done"] == 12
+    assert again["phases"]["focus"]["history"][-1]["step"] == 12
+    refocused = load_checkpoint(tmp_path / "focused").model.state_dict()
+    before = loaded.model.state_dict()
+    assert all(torch.equal(before[k], refocused[k]) for k in before if not k.startswith("llm."))
+    assert not all(torch.equal(before[k], refocused[k]) for k in before if k.startswith("llm."))
 
 
 def test_training_vision_forward_matches_the_model() -> None:
@@ -84,6 +104,41 @@ def test_relation_curriculum_asks_only_left_of_early_on() -> None:
     for seed in range(40):
         scene = generate_scene(seed)
         both |= {q.prompt for q in relation_questions(scene, 0, rng, 4)}
-        left |= {q.prompt for q in relation_questions(scene, 0, rng, 4, left_only=True)}
+        left |= {q.prompt for q in relation_questions(scene, 0, rng, 4, p_right=0.0)}
     assert len(both) == 2  # "left of" and "right of"
     assert len(left) == 1 and "left" in left.pop()
+
+
+def test_focus_questions_span_the_clip_and_ask_where_things_are() -> None:
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        scene = generate_scene(seed)
+        qs = focus_questions(scene, rng)
+        video = [q for q in qs if q.mode == "video"]
+        for q in video:  # the whole displacement is in every clip
+            assert q.frames[0] == 0 and q.frames[-1] == scene.num_frames - 1
+        for task in ("direction", "moving", "describe"):
+            assert sorted(q.objects[0] for q in video if q.task == task) == list(
+                range(scene.num_objects))
+        assert all(q.task != "moving" and q.task != "direction" for q in qs if q.mode == "image")
+        left = focus_questions(scene, rng, p_right=0.0)
+        assert all("left" in q.prompt for q in left if q.task == "relation")
+
+
+def test_token_bank_holds_each_object_at_each_frame_in_region_order() -> None:
+    tokenizer = TextTokenizer(build_tokenizer())
+    model = build_model(TINY, tokenizer, seed=0).eval()
+    cfg = TrainConfig(focus_bank=2, shape=TINY)
+    bank = token_bank(model, cfg, tokenizer)
+    assert len(bank) == 2
+    scene, tokens = bank[0]
+    assert scene.frames.size == 0 and scene.masks.size == 0  # pixels dropped
+    full = generate_scene(scene.seed)
+    assert scene.num_frames == full.num_frames and scene.num_objects == full.num_objects
+    assert tokens.shape[:2] == (full.num_objects * full.num_frames, 32)
+    # object 1 at frame 2 sits at index 1 * T + 2, as `region_of` in the focus loop expects
+    sample = preprocess_scene(full, [2], [], tokenizer, PREPROCESS)
+    with torch.no_grad():
+        alone = region_tokens(model, [sample], False)[0]  # [O, K, H]: every object at frame 2
+    torch.testing.assert_close(tokens[1 * full.num_frames + 2], alone[1], atol=1e-5, rtol=1e-4)
+    assert without_pixels(full).relations is full.relations

@@ -19,6 +19,9 @@ and motion losses stayed at chance for 550 steps, even on clean synthetic positi
   comparison and the question word, which gives no first-order gradient;
 - a share of the clips (`P_ENDPOINT_CLIP`) is just the first and last frame, the same
   two-block comparison as a relation and the largest displacement.
+The last phase ("focus", `focus_questions`) asks mostly those two kinds, over clips that always
+span the first and last frame (a subset of frames close together may show no motion at all,
+which makes "moving" a noisy label), with a few of every other task so nothing is forgotten.
 Motion is never asked in image mode: a single frame carries no motion, and the evaluation checks
 that the model is near chance there. A share of "describe" questions uses the node's default
 prompts (`prompt.DEFAULT_PROMPT_IMAGE` / `DEFAULT_PROMPT_VIDEO`) so the node's defaults work.
@@ -27,7 +30,7 @@ prompts (`prompt.DEFAULT_PROMPT_IMAGE` / `DEFAULT_PROMPT_VIDEO`) so the node's d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -52,7 +55,7 @@ from pixelrefer_ros.synthetic import (
     generate_scene,
 )
 
-PHASES = ("answers", "vision", "crops")  # index enters the batch rng: never reorder
+PHASES = ("answers", "vision", "crops", "focus")  # index enters the batch rng: never reorder
 CROP_MAX_MARGIN = 5  # cells of background kept around the mask in the "crops" phase: 1..this
 CROP_FRAMES = 2  # frames per scene in the "crops" phase (every object in each)
 SUB_CELLS = 4  # per-cell mask target: coverage of a SUB_CELLS x SUB_CELLS split of the patch
@@ -62,6 +65,8 @@ P_DEFAULT_PROMPT = 0.15  # share of "describe" questions asked with the node's d
 # Image questions are short (~55 tokens) and give every (object, frame) crop its own signal.
 IMAGE_TASKS_PER_REGION = 2
 MAX_RELATIONS_PER_FRAME = 1
+FOCUS_RELATIONS_PER_FRAME = 1
+P_FOCUS_VIDEO_REPLAY = 0.25  # video prompts are the focus phase's main cost
 P_ENDPOINT_CLIP = 0.3  # share of "answers" clips that are just the first and last frame
 # Video prompts are long (F x 38 tokens per object) and dominate the LLM's cost, so each object
 # gets this many of its four video questions per scene.
@@ -147,14 +152,14 @@ def object_question(scene: Scene, task: str, obj: int, frames: Sequence[int], mo
 
 
 def relation_questions(scene: Scene, frame: int, rng: np.random.Generator,
-                       limit: int, left_only: bool = False) -> list[Question]:
-    """Up to `limit` image-mode "relation" questions about pairs unambiguous at `frame`
-    ("left of" or "right of" at random; only "left of" with `left_only`)."""
+                       limit: int, p_right: float = 0.5) -> list[Question]:
+    """Up to `limit` image-mode "relation" questions about pairs unambiguous at `frame`,
+    each "right of" with probability `p_right`, else "left of"."""
     pairs = np.argwhere(scene.relations[frame] >= 0)  # [N, 2] ordered pairs (i, j)
     out = []
     for k in rng.permutation(len(pairs))[:limit]:
         i, j = (int(v) for v in pairs[k])
-        side = "left" if rng.random() < 0.5 or left_only else "right"
+        side = "left" if rng.random() < 1.0 - p_right else "right"
         answer = answer_for("relation", scene, (i, j), frame, side)
         out.append(Question("relation", "image", RELATION_PROMPTS[side], answer, (i, j),
                             (frame,)))
@@ -175,8 +180,47 @@ def training_questions(scene: Scene, frames: Sequence[int], rng: np.random.Gener
         for obj in range(scene.num_objects):
             for k in rng.choice(len(image_tasks), IMAGE_TASKS_PER_REGION, replace=False):
                 qs.append(object_question(scene, image_tasks[k], obj, (t,), "image", rng))
-        qs.extend(relation_questions(scene, t, rng, MAX_RELATIONS_PER_FRAME, left_only))
+        qs.extend(relation_questions(scene, t, rng, MAX_RELATIONS_PER_FRAME,
+                                     p_right=0.0 if left_only else 0.5))
     return qs
+
+
+def spanning_frames(rng: np.random.Generator, num_frames: int) -> list[int]:
+    """The first and last frame plus each frame between with probability 1/2 (sorted): the
+    whole displacement is always visible, as in the evaluation's full clip."""
+    middle = [f for f in range(1, num_frames - 1) if rng.random() < 0.5]
+    return [0, *middle, num_frames - 1]
+
+
+def focus_questions(scene: Scene, rng: np.random.Generator,
+                    p_right: float = 0.5) -> list[Question]:
+    """The "focus" phase's mix for one scene, over `spanning_frames`: per object "direction",
+    "moving" and "describe" (which names the motion) in video mode, plus with probability
+    P_FOCUS_VIDEO_REPLAY one of colour / shape / size; up to FOCUS_RELATIONS_PER_FRAME
+    relations per frame ("right of" with probability `p_right`); and per object one image
+    question on one frame (replay, so that the attributes stay right)."""
+    frames = spanning_frames(rng, scene.num_frames)
+    image_replay = (*IMAGE_ONLY_TASKS, "describe")
+    qs: list[Question] = []
+    for obj in range(scene.num_objects):
+        tasks = ["direction", "moving", "describe"]
+        if rng.random() < P_FOCUS_VIDEO_REPLAY:
+            tasks.append(IMAGE_ONLY_TASKS[int(rng.integers(len(IMAGE_ONLY_TASKS)))])
+        for task in tasks:
+            qs.append(object_question(scene, task, obj, frames, "video", rng))
+        frame = frames[int(rng.integers(len(frames)))]
+        task = image_replay[int(rng.integers(len(image_replay)))]
+        qs.append(object_question(scene, task, obj, (frame,), "image", rng))
+    for t in frames:
+        qs.extend(relation_questions(scene, t, rng, FOCUS_RELATIONS_PER_FRAME, p_right))
+    return qs
+
+
+def without_pixels(scene: Scene) -> Scene:
+    """`scene` with empty images and masks (frame count kept): what the question builders
+    read, at a few kB instead of ~3 MB, for the focus phase's cache of scenes."""
+    return replace(scene, frames=scene.frames[:, :0, :0], masks=scene.masks[:, :, :0, :0],
+                   background=scene.background[:0, :0])
 
 
 # ----------------------------------------------------------------------------- preprocessing
