@@ -92,7 +92,11 @@ def test_single_frame_colours_match_the_frame_used(world):
                 continue
             resp = ask(world, object_ids=[oid], question=COLOR, mode=REQ.MODE_LATEST,
                        timeout_s=10.0)
-            if resp.error_code in (RES.NO_FRAME, RES.NOT_READY):  # tokens not ready yet
+            # tokens not ready yet, or the node never buffered this object: frames the probe
+            # saw can arrive at the node before its subscription or its encoder is up (CI: a
+            # whole first scene), and a busy node drops frames (latest-wins). Another object
+            # of a later scene is asked instead; the count below still has to reach 8.
+            if resp.error_code in (RES.NO_FRAME, RES.NOT_READY, RES.UNKNOWN_OBJECT):
                 continue
             assert resp.success, resp.message
             (stamp,) = stamps(resp)[oid]
