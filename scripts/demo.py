@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+VIDEO_MIN_FRAMES = 8  # the video question waits for a scene with this many frames on camera
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
@@ -129,6 +130,12 @@ def truth_of(client: Client, stamp: int, oid: int) -> dict | None:
     return next((o for o in gt["objects"] if o["object_id"] == oid), None) if gt else None
 
 
+def scene_age(client: Client) -> int:
+    """Frames of the newest scene seen so far (0 while it has no object)."""
+    newest = client.truth[max(client.truth)]
+    return newest["frame_index"] + 1 if newest["objects"] else 0
+
+
 def left_of_truth(client: Client, stamp: int, a: int, b: int) -> str:
     gt = client.truth.get(stamp)
     oa, ob = truth_of(client, stamp, a), truth_of(client, stamp, b)
@@ -147,6 +154,8 @@ def show(title: str, resp, truth: str) -> None:
 
 
 def run_demo(client: Client) -> bool:
+    from pixelrefer_ros.ros.conversions import ns_to_stamp
+
     if not client.client.wait_for_service(timeout_sec=max(client.deadline - time.monotonic(), 1)):
         print("demo: /describe_region did not come up (see the node log)")
         return False
@@ -171,10 +180,17 @@ def run_demo(client: Client) -> bool:
     gt = truth_of(client, stamp, oid) or {}
     show(f"single frame: object {oid}", resp, gt.get("description_still", "?"))
     ok = resp.success
-    # Video: the 3 s up to that frame (the object's scene may be over by now).
-    resp = client.ask(object_ids=[oid], mode=req.MODE_WINDOW, stamp=resp.frames_used[0].stamps[0],
+    # Video: an object of a scene that has been on camera for VIDEO_MIN_FRAMES frames, over the
+    # last 3 s (frames of the previous scene hold other ids, so only this scene's frames count).
+    if not client.spin_until(lambda: scene_age(client) >= VIDEO_MIN_FRAMES, 30.0):
+        print(f"demo: no scene lasted {VIDEO_MIN_FRAMES} frames")
+        return False
+    newest = max(client.truth)
+    vid = client.truth[newest]["objects"][0]["object_id"]
+    resp = client.ask(object_ids=[vid], mode=req.MODE_WINDOW, stamp=ns_to_stamp(newest),
                       window_s=3.0, max_frames=8)
-    show(f"video: object {oid}", resp, gt.get("description", "?"))
+    gt = truth_of(client, newest, vid) or {}
+    show(f"video: object {vid}", resp, gt.get("description", "?"))
     ok &= resp.success
     newest = client.truth[max(client.truth)]
     if len(newest["objects"]) >= 2:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -184,3 +185,31 @@ def test_released_shapes_parameter_count_on_meta(name: str) -> None:
     mask_embedding = c + c  # Conv2d(1 -> C, k=1): weight + bias, unused
     total = ours + projector + mask_embedding
     assert abs(total - OFFICIAL_TOTALS[name]) / OFFICIAL_TOTALS[name] < 0.005, total
+
+
+def test_mask_num_sets_the_region_tokens_per_object_end_to_end(tmp_path: Path) -> None:
+    """config.json's `mask_num` (32 in every released checkpoint, 8 in the built-in shapes
+    model) sets how many tokens SAOT pools and how many `<REGION>` slots a prompt gets."""
+    from pixelrefer_ros.model.config import REGION_TOKEN
+    from pixelrefer_ros.model.pipeline import RegionPipeline
+
+    tok = word_level_tokenizer(["what", "is", "this", "Time", ":", ",", "[", "]", "0", "."])
+    cfg = tiny_config(tok.get_vocab_size())
+    cfg = PixelReferConfig(vision=cfg.vision, llm=cfg.llm, torch_dtype="float32",
+                           objects=ObjectTokenizerConfig(vision_width=32, llm_width=48,
+                                                         tokens_per_object=8),
+                           region_token_id=tok.token_to_id(REGION_TOKEN))
+    torch.manual_seed(0)
+    save_checkpoint(PixelReferLite(cfg), tok, tmp_path / "k8")
+    assert json.loads((tmp_path / "k8" / "config.json").read_text())["mask_num"] == 8
+    pipe = RegionPipeline(load_checkpoint(tmp_path / "k8", "float32"))
+    image = np.zeros((60, 80, 3), np.uint8)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:40, 20:50] = 1
+    tokens = pipe.object_tokens(image, mask, pipe.global_features(image))
+    assert tokens.shape == (8, 48)
+    image_answer = pipe.answer("what is <region>", [tokens], max_new_tokens=1)
+    video_answer = pipe.answer("what is <region>", [torch.cat([tokens, tokens])],
+                               [[0.0, 0.5]], max_new_tokens=1)
+    assert image_answer.prompt.count(REGION_TOKEN) == 8
+    assert video_answer.prompt.count(REGION_TOKEN) == 16

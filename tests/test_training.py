@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from pixelrefer_ros.model.loader import load_checkpoint
@@ -19,7 +20,10 @@ from pixelrefer_ros.training.data import (
     focus_questions,
     make_batch,
     preprocess_scene,
+    region_index,
     relation_questions,
+    reversed_in_time,
+    spanning_frames,
     without_pixels,
 )
 from pixelrefer_ros.training.train import (
@@ -27,6 +31,7 @@ from pixelrefer_ros.training.train import (
     PhaseConfig,
     TrainConfig,
     build_model,
+    focus_p_middle,
     region_tokens,
     token_bank,
     train,
@@ -66,6 +71,7 @@ def test_short_run_loss_falls_in_every_phase_and_writes_a_checkpoint(tmp_path) -
                      init_from=tmp_path / "ckpt")
     assert list(again["phases"]) == ["focus"]
     assert again["phases"]["focus"]["steps_done"] == 12
+    assert again["phases"]["focus"]["stopped_by"] == "focus_stop_step"
     assert again["phases"]["focus"]["history"][-1]["step"] == 12
     refocused = load_checkpoint(tmp_path / "focused").model.state_dict()
     before = loaded.model.state_dict()
@@ -125,6 +131,25 @@ def test_focus_questions_span_the_clip_and_ask_where_things_are() -> None:
         assert all("left" in q.prompt for q in left if q.task == "relation")
 
 
+def test_focus_clips_lengthen_along_the_phase() -> None:
+    scene = generate_scene(3)
+    last = scene.num_frames - 1
+    short = focus_questions(scene, np.random.default_rng(7), p_middle=0.0)
+    full = focus_questions(scene, np.random.default_rng(7), p_middle=1.0)
+    assert {q.frames for q in short if q.mode == "video"} == {(0, last)}
+    assert {q.frames for q in full if q.mode == "video"} == {tuple(range(last + 1))}
+    # one draw per middle frame whatever p_middle: what follows the clip draws the same
+    after = []
+    for p_middle in (0.0, 0.5, 1.0):
+        rng = np.random.default_rng(11)
+        spanning_frames(rng, scene.num_frames, p_middle)
+        after.append(rng.random())
+    assert after[0] == after[1] == after[2]
+    cfg = TrainConfig(focus=PhaseConfig(steps=101, scenes_per_step=1, lr=1e-3, warmup_steps=1),
+                      focus_clip_middle=(0.0, 0.6))
+    assert [focus_p_middle(s, cfg) for s in (0, 50, 100)] == pytest.approx([0.0, 0.3, 0.6])
+
+
 def test_token_bank_holds_each_object_at_each_frame_in_region_order() -> None:
     tokenizer = TextTokenizer(build_tokenizer())
     model = build_model(TINY, tokenizer, seed=0).eval()
@@ -132,13 +157,37 @@ def test_token_bank_holds_each_object_at_each_frame_in_region_order() -> None:
     bank = token_bank(model, cfg, tokenizer)
     assert len(bank) == 2
     scene, tokens = bank[0]
-    assert scene.frames.size == 0 and scene.masks.size == 0  # pixels dropped
+    assert scene.frames.size == 0 and scene.masks.size == 0  # pixels dropped ...
+    assert scene.frames.base is None and scene.masks.base is None  # ... and not kept as views
     full = generate_scene(scene.seed)
     assert scene.num_frames == full.num_frames and scene.num_objects == full.num_objects
-    assert tokens.shape[:2] == (full.num_objects * full.num_frames, 32)
-    # object 1 at frame 2 sits at index 1 * T + 2, as `region_of` in the focus loop expects
+    assert tokens.shape[:2] == (full.num_objects * full.num_frames, TINY.tokens_per_object)
+    # object 1 at frame 2 sits where `region_index` (the focus loop's map) says
+    index = region_index(full.num_objects, range(full.num_frames))[(1, 2)]
+    assert index == 1 * full.num_frames + 2
     sample = preprocess_scene(full, [2], [], tokenizer, PREPROCESS)
     with torch.no_grad():
         alone = region_tokens(model, [sample], False)[0]  # [O, K, H]: every object at frame 2
-    torch.testing.assert_close(tokens[1 * full.num_frames + 2], alone[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tokens[index], alone[1], atol=1e-5, rtol=1e-4)
     assert without_pixels(full).relations is full.relations
+
+
+def test_reversed_clip_flips_the_motion_and_reads_the_tokens_backwards() -> None:
+    scene = next(s for s in map(generate_scene, range(50))
+                 if any(o.motion == "left" for o in s.objects))
+    back = reversed_in_time(scene)
+    last = scene.num_frames - 1
+    for o, b in zip(scene.objects, back.objects, strict=True):
+        assert b.motion == {"left": "right", "right": "left", "up": "down", "down": "up",
+                            "still": "still"}[o.motion]
+        np.testing.assert_array_equal(b.centroids[0], o.centroids[last])
+    np.testing.assert_array_equal(back.frames[0], scene.frames[last])
+    np.testing.assert_array_equal(back.relations[0], scene.relations[last])
+    np.testing.assert_array_equal(back.timestamps, scene.timestamps)  # time still runs forward
+    # the focus phase's cached tokens: reversed frame 0 of object 1 is the original last frame
+    forward = region_index(scene.num_objects, range(scene.num_frames))
+    backward = region_index(scene.num_objects, range(scene.num_frames), reverse=True)
+    assert backward[(1, 0)] == forward[(1, last)] and backward[(0, last)] == forward[(0, 0)]
+    obj = next(i for i, o in enumerate(scene.objects) if o.motion == "left")
+    qs = focus_questions(back, np.random.default_rng(0))
+    assert {q.answer for q in qs if q.task == "direction" and q.objects == (obj,)} == {"right"}

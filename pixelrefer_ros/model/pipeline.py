@@ -112,11 +112,12 @@ class RegionPipeline:
 
     def build_prompt(self, question: str, num_objects: int,
                      timestamps_per_object: Sequence[Sequence[float]] | None = None) -> str:
-        """The chat string with `<REGION>` blocks; video format when timestamps are given."""
+        """The chat string with `<REGION>` blocks of `mask_num` tokens; video format when
+        timestamps are given."""
         prompts.check_region_count(question, num_objects)
         if timestamps_per_object is None:
-            return prompts.image_prompt(question, num_objects)
-        return prompts.video_prompt(question, timestamps_per_object)
+            return prompts.image_prompt(question, num_objects, self.tokens_per_object)
+        return prompts.video_prompt(question, timestamps_per_object, self.tokens_per_object)
 
     @torch.inference_mode()
     def answer(self, question: str, object_tokens: Sequence[Tensor],

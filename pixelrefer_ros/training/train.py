@@ -66,6 +66,8 @@ from pixelrefer_ros.training.data import (
     focus_questions,
     make_batch,
     preprocess_scene,
+    region_index,
+    reversed_in_time,
     without_pixels,
     worker_batch,
     worker_init,
@@ -92,6 +94,11 @@ class ModelShape:
     llm_heads: int = 4
     llm_kv_heads: int = 2
     max_position_embeddings: int = 4096  # 16 frames x 4 objects x 32 tokens fit easily
+    # mask_num: object tokens per object and frame (released checkpoints: 32). 8 makes every
+    # LLM step here ~2.4x cheaper (a focus step 0.87 -> 0.30 s), which is what fits the motion
+    # training into the budget; the objects are 32-50 patches, so 8 k-means tokens still
+    # average only 4-6 cells each.
+    tokens_per_object: int = 8
 
     def config(self, vocab_size: int) -> PixelReferConfig:
         return PixelReferConfig(
@@ -100,7 +107,8 @@ class ModelShape:
                                 num_hidden_layers=self.vision_layers,
                                 num_attention_heads=self.vision_heads),
             objects=ObjectTokenizerConfig(vision_width=self.vision_hidden,
-                                          llm_width=self.llm_hidden),
+                                          llm_width=self.llm_hidden,
+                                          tokens_per_object=self.tokens_per_object),
             llm=LLMConfig(vocab_size=vocab_size, hidden_size=self.llm_hidden,
                           intermediate_size=self.llm_intermediate,
                           num_hidden_layers=self.llm_layers,
@@ -139,8 +147,11 @@ class TrainConfig:
        costs about what a phase-2 step of 2 does), asked mostly relations and motion
        (`data.focus_questions`). Relation and motion need comparisons across token blocks,
        which a small LLM learns only after hundreds of steps on them: in phase 2 they stayed
-       at chance. Measured here: "left of" breaks out after ~100 steps, motion after ~500,
-       and direction reached 0.90 on held-out scenes only after ~2,000.
+       at chance. Half of the scenes are asked played backwards (`data.reversed_in_time`):
+       without that, the LLM learnt the motion of each of the cached objects by heart (1.00
+       on them, chance on held-out scenes). Measured here: relation is learnt after ~1,000
+       steps, direction after ~1,500, "moving?" only after ~2,500 (it needs the size of a
+       displacement whatever its sign).
     After phase 0 the ViT is frozen (`freeze_vision`; forward only, ~3x cheaper): training it
     on with fresh heads measurably wiped out the shape features it had learnt.
     """
@@ -149,10 +160,14 @@ class TrainConfig:
     crops: PhaseConfig = PhaseConfig(steps=2200, scenes_per_step=6, lr=2e-3, warmup_steps=100)
     vision: PhaseConfig = PhaseConfig(steps=200, scenes_per_step=6, lr=2e-3, warmup_steps=20)
     answers: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=2, lr=3e-3, warmup_steps=40)
-    focus: PhaseConfig = PhaseConfig(steps=2000, scenes_per_step=8, lr=2e-3, warmup_steps=50)
-    focus_bank: int = 300  # training scenes whose object tokens the focus phase caches
+    focus: PhaseConfig = PhaseConfig(steps=3600, scenes_per_step=8, lr=2e-3, warmup_steps=50)
+    focus_bank: int = 1000  # training scenes whose object tokens the focus phase caches
+    focus_reverse_share: float = 0.5  # of focus scenes asked played backwards (reversed_in_time)
     focus_left_only_share: float = 0.15  # of the focus phase asking only "left of" ...
     focus_ramp_share: float = 0.4  # ... then "right of" rises linearly to half by this share
+    # chance of each middle frame joining a focus clip (first and last always do), rising
+    # linearly from the first value at step 0 to the second at the last step
+    focus_clip_middle: tuple[float, float] = (0.5, 0.5)
     # end the focus phase after this many steps, schedule unchanged: reproduces a run that the
     # time cap cut short (the committed model: 1358, see README)
     focus_stop_step: int | None = None
@@ -165,7 +180,7 @@ class TrainConfig:
     llm_chunk: int = 16  # sequences per padded LLM call (sorted by length, little padding)
     log_every: int = 25
     threads: int = 2
-    max_minutes: float = 60.0  # safety cap only; the schedule is defined by the step counts
+    max_minutes: float = 90.0  # safety cap only; the schedule is defined by the step counts
     prefetch: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
 
@@ -422,10 +437,36 @@ def lr_at(step: int, phase: PhaseConfig, min_lr_ratio: float) -> float:
     return phase.lr * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
+def descend(optimizer: torch.optim.Optimizer, params: list[Tensor], loss: Tensor, lr: float,
+            grad_clip: float) -> float:
+    """One optimiser step on `loss` at learning rate `lr`; returns the gradient norm before
+    clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return grad_norm
+
+
+def stop_reason(name: str, step: int, steps: int, deadline: float, cfg: TrainConfig,
+                stop_step: int | None = None, log=print) -> str | None:
+    """Why a phase ends early after `step` (0-based), logged: `stop_step` reached, or the
+    `max_minutes` cap passed before the last step; None to go on."""
+    if stop_step is not None and step + 1 >= stop_step:
+        log(f"[{name}] stopping at step {step + 1} of {steps} (--{name}-stop-step)")
+        return f"{name}_stop_step"
+    if time.perf_counter() > deadline and step + 1 < steps:
+        log(f"[{name}] stopping at step {step + 1}: the {cfg.max_minutes} minute cap")
+        return "max_minutes"
+    return None
+
+
 # ----------------------------------------------------------------------------- batches
 
-def batches(cfg: TrainConfig, name: str, tokenizer: TextTokenizer,
-            raw_json: str) -> Iterator[list[SceneSample]]:
+def batches(cfg: TrainConfig, name: str, tokenizer: TextTokenizer, raw_json: str,
+            tokens_per_region: int) -> Iterator[list[SceneSample]]:
     """make_batch(seed, step) for every step of phase `name`; with `prefetch`, computed two
     steps ahead in a spawned process (bounded: at most two batches in flight)."""
     phase: PhaseConfig = getattr(cfg, name)
@@ -436,13 +477,13 @@ def batches(cfg: TrainConfig, name: str, tokenizer: TextTokenizer,
     if not cfg.prefetch:
         for step in range(phase.steps):
             yield make_batch(cfg.seed, step, phase.scenes_per_step, tokenizer, phase=name,
-                             left_only=left_only(step))
+                             left_only=left_only(step), tokens_per_region=tokens_per_region)
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, initializer=worker_init, initargs=(raw_json,)) as pool:
         def submit(step: int):
             return pool.apply_async(worker_batch, (cfg.seed, step, phase.scenes_per_step, name,
-                                                   left_only(step)))
+                                                   left_only(step), tokens_per_region))
         pending = collections.deque(submit(step) for step in range(min(2, phase.steps)))
         for step in range(phase.steps):
             batch = pending.popleft().get()
@@ -472,10 +513,9 @@ def run_phase(name: str, model: PixelReferLite, heads: AuxHeads, cfg: TrainConfi
     history: list[dict] = []
     window: dict[str, list[float]] = collections.defaultdict(list)
     stopped, step = "steps", 0
-    for step, samples in enumerate(batches(cfg, name, tokenizer, raw_json)):
+    k = model.config.objects.tokens_per_object
+    for step, samples in enumerate(batches(cfg, name, tokenizer, raw_json, k)):
         lr = lr_at(step, phase, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         if name == "crops":
             loss_aux, stats = crop_loss(model.vision, crop_heads, samples)
             loss = loss_aux
@@ -490,19 +530,15 @@ def run_phase(name: str, model: PixelReferLite, heads: AuxHeads, cfg: TrainConfi
             window["answer_loss"].append(float(losses.mean.detach()))
             for key, (value, n) in losses.per_task.items():
                 window[f"task:{key}"].append(value / n)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        optimizer.step()
+        grad_norm = descend(optimizer, params, loss, lr, cfg.grad_clip)
         window["loss"].append(float(loss.detach()))
         window["aux_loss"].append(float(loss_aux.detach()))
         for key, value in stats.items():
             window[key].append(value)
         if (step + 1) % cfg.log_every == 0 or step + 1 == phase.steps:
             history.append(log_window(name, step, lr, grad_norm, start, window, log))
-        if time.perf_counter() > deadline and step + 1 < phase.steps:
-            stopped = "max_minutes"
-            log(f"[{name}] stopping at step {step + 1}: the {cfg.max_minutes} minute cap")
+        if reason := stop_reason(name, step, phase.steps, deadline, cfg, log=log):
+            stopped = reason
             break
     return {"steps_done": step + 1, "stopped_by": stopped,
             "wall_time_s": round(time.perf_counter() - start, 1), "history": history}
@@ -528,7 +564,8 @@ def token_bank(model: PixelReferLite, cfg: TrainConfig,
     with torch.no_grad():
         for scene_seed in rng.integers(0, HELD_OUT_SEED, cfg.focus_bank):
             scene = generate_scene(int(scene_seed), WORLD)
-            sample = preprocess_scene(scene, range(scene.num_frames), [], tokenizer, PREPROCESS)
+            sample = preprocess_scene(scene, range(scene.num_frames), [], tokenizer, PREPROCESS,
+                                      model.config.objects.tokens_per_object)
             bank.append((without_pixels(scene), region_tokens(model, [sample], False)[0]))
     return bank
 
@@ -546,6 +583,16 @@ def focus_p_right(step: int, cfg: TrainConfig) -> float:
     return 0.5 * min(max((step - start) / (end - start), 0.0), 1.0)
 
 
+def focus_p_middle(step: int, cfg: TrainConfig) -> float:
+    """Chance of each middle frame joining a focus clip at `step` (`focus_clip_middle`).
+
+    Short clips (first and last frame) are the cheapest prompts and put the two blocks whose
+    comparison motion needs side by side; the clips then lengthen towards the evaluation's.
+    """
+    first, last = cfg.focus_clip_middle
+    return first + (last - first) * step / max(1, cfg.focus.steps - 1)
+
+
 def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
               deadline: float, log=print) -> dict:
     """Phase 3 of `TrainConfig`: the LLM alone on `token_bank` tokens and `focus_questions`."""
@@ -558,51 +605,47 @@ def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
     log(f"[focus] object tokens of {len(bank)} scenes cached in {bank_s} s")
     optimizer = make_optimizer([model.llm], cfg, phase.lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    k = model.config.objects.tokens_per_object
     history: list[dict] = []
     window: dict[str, list[float]] = collections.defaultdict(list)
     stopped, step = "steps", 0
     for step in range(phase.steps):
         lr = lr_at(step, phase, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         rng = np.random.default_rng([cfg.seed, PHASES.index("focus"), step])
-        p_right = focus_p_right(step, cfg)
+        p_right, p_middle = focus_p_right(step, cfg), focus_p_middle(step, cfg)
         questions, tokens = [], []
         for i in rng.integers(len(bank), size=phase.scenes_per_step):
             scene, scene_tokens = bank[i]
-            region_of = {(obj, f): obj * scene.num_frames + f
-                         for obj in range(scene.num_objects) for f in range(scene.num_frames)}
-            questions.append([encode_question(tokenizer, q, scene, region_of)
-                              for q in focus_questions(scene, rng, p_right)])
+            reverse = bool(rng.random() < cfg.focus_reverse_share)
+            region_of = region_index(scene.num_objects, range(scene.num_frames), reverse)
+            if reverse:
+                scene = reversed_in_time(scene)
+            questions.append([encode_question(tokenizer, q, scene, region_of, k)
+                              for q in focus_questions(scene, rng, p_right, p_middle)])
             tokens.append(scene_tokens)
         losses = answer_loss(model, questions, tokens, tokenizer.region_id, cfg.llm_chunk)
-        optimizer.zero_grad(set_to_none=True)
-        losses.mean.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        optimizer.step()
+        grad_norm = descend(optimizer, params, losses.mean, lr, cfg.grad_clip)
         window["answer_loss"].append(float(losses.mean.detach()))
         for key, (value, n) in losses.per_task.items():
             window[f"task:{key}"].append(value / n)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == phase.steps:
+        reason = stop_reason("focus", step, phase.steps, deadline, cfg, cfg.focus_stop_step,
+                             log)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == phase.steps or reason:
             history.append(log_window("focus", step, lr, grad_norm, start, window, log))
-        if cfg.focus_stop_step is not None and step + 1 >= cfg.focus_stop_step:
-            stopped = "focus_stop_step"
-            if not history or history[-1]["step"] != step + 1:
-                history.append(log_window("focus", step, lr, grad_norm, start, window, log))
-            log(f"[focus] stopping at step {step + 1} of {phase.steps} (--focus-stop-step)")
-            break
-        if time.perf_counter() > deadline and step + 1 < phase.steps:
-            stopped = "max_minutes"
-            log(f"[focus] stopping at step {step + 1}: the {cfg.max_minutes} minute cap")
+        if reason:
+            stopped = reason
             break
     return {"steps_done": step + 1, "stopped_by": stopped, "bank_time_s": bank_s,
             "wall_time_s": round(time.perf_counter() - start, 1), "history": history}
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, log=print,
-          init_from: str | Path | None = None) -> tuple[PixelReferLite, dict]:
+          init_from: str | Path | None = None,
+          pre_focus_out: str | Path | None = None) -> tuple[PixelReferLite, dict]:
     """Every phase, or with `init_from` (a checkpoint of this tokenizer) only the focus phase
-    on top of it; write the checkpoint + training_report.json when out_dir is set."""
+    on top of it; write the checkpoint + training_report.json when out_dir is set, and the
+    model as it enters the focus phase when pre_focus_out is set (an `init_from` for focus
+    experiments)."""
     torch.set_num_threads(cfg.threads)
     raw_tokenizer = build_tokenizer()
     tokenizer = TextTokenizer(raw_tokenizer)
@@ -626,6 +669,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, log=print,
     phases = {name: run_phase(name, model, heads, cfg, tokenizer, raw_tokenizer.to_str(),
                               deadline, log)
               for name in names if name != "focus"}
+    if pre_focus_out is not None:
+        save_checkpoint(model, raw_tokenizer, pre_focus_out)
     phases["focus"] = run_focus(model, cfg, tokenizer, deadline, log)
     model.requires_grad_(True)
     model.eval()
@@ -667,12 +712,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="share of the answers phase that asks only 'left of' relations")
     p.add_argument("--focus-bank", type=int, default=d.focus_bank,
                    help="training scenes whose object tokens the focus phase caches")
+    p.add_argument("--focus-reverse-share", type=float, default=d.focus_reverse_share,
+                   help="share of focus scenes asked played backwards")
     p.add_argument("--focus-left-only-share", type=float, default=d.focus_left_only_share)
     p.add_argument("--focus-ramp-share", type=float, default=d.focus_ramp_share)
+    p.add_argument("--focus-clip-middle", type=float, nargs=2, metavar=("FIRST", "LAST"),
+                   default=d.focus_clip_middle,
+                   help="chance of each middle frame joining a focus clip, at the first and "
+                        "the last focus step (linear between)")
     p.add_argument("--focus-stop-step", type=int, metavar="N",
                    help="end the focus phase after step N, keeping its schedule")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="run only the focus phase, on top of this checkpoint")
+    p.add_argument("--pre-focus-out", metavar="DIR",
+                   help="also write the checkpoint as it enters the focus phase")
     p.add_argument("--train-vision", action="store_true",
                    help="keep training the ViT after the crops phase")
     p.add_argument("--minutes", type=float, default=d.max_minutes,
@@ -690,14 +743,15 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = TrainConfig(seed=args.seed, crops=phase_args("crops"), vision=phase_args("vision"),
                       answers=phase_args("answers"), focus=phase_args("focus"),
-                      focus_bank=args.focus_bank,
+                      focus_bank=args.focus_bank, focus_reverse_share=args.focus_reverse_share,
                       focus_left_only_share=args.focus_left_only_share,
                       focus_ramp_share=args.focus_ramp_share,
+                      focus_clip_middle=tuple(args.focus_clip_middle),
                       focus_stop_step=args.focus_stop_step,
                       aux_weight=args.aux_weight, left_only_share=args.left_only_share,
                       freeze_vision=not args.train_vision, max_minutes=args.minutes,
                       threads=args.threads, prefetch=not args.no_prefetch)
-    _, report = train(cfg, args.out, init_from=args.init_from)
+    _, report = train(cfg, args.out, init_from=args.init_from, pre_focus_out=args.pre_focus_out)
     print(json.dumps({k: report[k] for k in ("wall_time_s", "final_answer_loss",
                                              "num_parameters", "stopped_by")}))
 
