@@ -150,7 +150,7 @@ class TrainConfig:
        at chance. Half of the scenes are asked played backwards (`data.reversed_in_time`):
        without that, the LLM learnt the motion of each of the cached objects by heart (1.00
        on them, chance on held-out scenes). Measured here: relation is learnt after ~1,000
-       steps, direction after ~1,500, "moving?" only after ~2,500 (it needs the size of a
+       steps, direction after ~1,000-1,300, "moving?" only after ~1,700 (it needs the size of a
        displacement whatever its sign).
     After phase 0 the ViT is frozen (`freeze_vision`; forward only, ~3x cheaper): training it
     on with fresh heads measurably wiped out the shape features it had learnt.
