@@ -128,6 +128,22 @@ def node(tiny_ckpt, tmp_path_factory):
     assert rc == 0, f"refer_node exited with {rc}:\n{log.read_text()[-3000:]}"
 
 
+def wait_until_buffered(camera: Camera, stamp_ns: int, timeout: float = 20.0) -> None:
+    """Ask at `stamp_ns` until the node answers from that frame, before the next one is sent.
+
+    A busy node keeps only the newest waiting frame (latest-wins), so frames sent back to back
+    can be skipped; the tests below ask at every stamp and need each one buffered.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = camera.call(object_ids=[0, 1], mode=REQ.MODE_STAMP, stamp=ns_to_stamp(stamp_ns),
+                           question="Is <region> to the left of <region>?", max_new_tokens=1)
+        if resp.success or time.monotonic() > deadline:
+            break
+        camera.spin(0.1)
+    assert resp.success, f"frame {stamp_ns} never answerable: {resp.message}"
+
+
 @pytest.fixture(scope="module")
 def cam(ctx, node, scene):
     """Camera connected to the running node, with one scene's frames published."""
@@ -143,7 +159,12 @@ def cam(ctx, node, scene):
         camera.stamps.append(t0 + t * DT)
         camera.publish(camera.stamps[-1], scene.frames[t], {0: scene.masks[t, 0],
                                                            1: scene.masks[t, 1]})
-        camera.spin(0.05)
+        wait_until_buffered(camera, camera.stamps[-1])
+    # Those checks published descriptions of their own (the first ones may be lost to discovery):
+    # let the rest arrive, then forget them all.
+    camera.spin(1.0)
+    camera.descriptions.clear()
+    camera.texts.clear()
     yield camera
     camera.close()
 
