@@ -3,6 +3,7 @@ checkpoint; the training forward matches the model's own forward."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -63,6 +64,11 @@ def test_short_run_loss_falls_in_every_phase_and_writes_a_checkpoint(tmp_path) -
     loaded = load_checkpoint(tmp_path / "ckpt")  # an ordinary checkpoint, heads left out
     assert loaded.config.llm.hidden_size == 64
     assert not any(k.startswith(("heads", "crop")) for k in loaded.model.state_dict())
+    # config.json names the tokenizer's own ids (the loader would recompute them anyway), so a
+    # from-scratch run and an --init-from run write the same file
+    written = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert written["eos_token_id"] == loaded.tokenizer.eos_id == loaded.config.eos_token_id
+    assert written["region_token_index"] == loaded.config.region_token_id
 
     # --init-from: only the focus phase, on top of that checkpoint; the vision side is kept
     # (and --focus-stop-step: the schedule of 20 steps, cut after 12)

@@ -133,7 +133,7 @@ def load_checkpoint(ckpt_dir: str | Path, dtype: str | torch.dtype | None = None
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the embedding has "
                               f"{config.llm.vocab_size} rows")
     # The official model_init recomputes region_token_index from the tokenizer; so do we.
-    config = _with_token_ids(config, tokenizer)
+    config = with_token_ids(config, tokenizer)
     torch_dtype = parse_dtype(dtype or config.torch_dtype)
 
     files = weight_files(ckpt_dir)
@@ -179,7 +179,9 @@ def load_checkpoint(ckpt_dir: str | Path, dtype: str | torch.dtype | None = None
                        checkpoint_dir=ckpt_dir, checkpoint_hash=checkpoint_hash(ckpt_dir, files))
 
 
-def _with_token_ids(config: PixelReferConfig, tokenizer: TextTokenizer) -> PixelReferConfig:
+def with_token_ids(config: PixelReferConfig, tokenizer: TextTokenizer) -> PixelReferConfig:
+    """`config` with the `<REGION>` and end-of-turn ids of `tokenizer` (what the config file
+    says is not trusted, as in the official loader)."""
     from dataclasses import replace
 
     region_id = tokenizer.token_id(REGION_TOKEN)

@@ -46,7 +46,7 @@ from pixelrefer_ros.model.config import (
     PixelReferConfig,
     VisionConfig,
 )
-from pixelrefer_ros.model.loader import load_checkpoint
+from pixelrefer_ros.model.loader import load_checkpoint, with_token_ids
 from pixelrefer_ros.model.pixelrefer import PixelReferLite
 from pixelrefer_ros.model.tokenizer import TextTokenizer
 from pixelrefer_ros.model.vision import VisionAttention, VisionEncoder, rope_angles
@@ -95,7 +95,7 @@ class ModelShape:
     llm_kv_heads: int = 2
     max_position_embeddings: int = 4096  # 16 frames x 4 objects x 32 tokens fit easily
     # mask_num: object tokens per object and frame (released checkpoints: 32). 8 makes every
-    # LLM step here ~2.4x cheaper (a focus step 0.87 -> 0.30 s), which is what fits the motion
+    # LLM step here ~2.4x cheaper (a focus step 0.87 -> 0.28 s), which is what fits the motion
     # training into the budget; the objects are 32-50 patches, so 8 k-means tokens still
     # average only 4-6 cells each.
     tokens_per_object: int = 8
@@ -199,7 +199,8 @@ def init_weights(model: PixelReferLite) -> None:
 
 def build_model(shape: ModelShape, tokenizer: TextTokenizer, seed: int) -> PixelReferLite:
     torch.manual_seed(seed)
-    config = shape.config(tokenizer.vocab_size)
+    # the tokenizer's ids, so that config.json says what the loader will compute
+    config = with_token_ids(shape.config(tokenizer.vocab_size), tokenizer)
     model = PixelReferLite(config)
     init_weights(model)
     model.tie_weights()
