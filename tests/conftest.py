@@ -23,11 +23,18 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 os.environ.setdefault("ROS_DOMAIN_ID", str(40 + (os.getpid() % 50) + int(_worker or 0)))
 
+# The nodes and cameras the tests start share the 2 cores with this process and with each other:
+# their OpenMP threads sleep at once instead of spinning (a spinning peer on a busy machine made
+# a training step ~2x slower, pixelrefer_ros/training/__init__.py). Set only after this process
+# has loaded torch (and its OpenMP runtime) with the defaults.
+import torch  # noqa: E402
+
+os.environ["GOMP_SPINCOUNT"] = "0"
+
 
 def load_case(case: str) -> tuple[dict, dict]:
     """Load one official case: its tensors (aliases and external PNGs resolved) and its JSON."""
     import cv2
-    import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(CASES_DIR / f"{case}.safetensors"))
