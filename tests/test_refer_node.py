@@ -128,19 +128,25 @@ def node(tiny_ckpt, tmp_path_factory):
     assert rc == 0, f"refer_node exited with {rc}:\n{log.read_text()[-3000:]}"
 
 
-def wait_until_buffered(camera: Camera, stamp_ns: int, timeout: float = 20.0) -> None:
-    """Ask at `stamp_ns` until the node answers from that frame, before the next one is sent.
+def publish_until_buffered(camera: Camera, stamp_ns: int, image: np.ndarray,
+                           masks: dict[int, np.ndarray], timeout: float = 30.0) -> None:
+    """Publish one frame and its regions, and ask at its stamp until the node answers from it
+    (sending it again meanwhile), before the next frame is sent.
 
-    A busy node keeps only the newest waiting frame (latest-wins), so frames sent back to back
-    can be skipped; the tests below ask at every stamp and need each one buffered.
+    The node subscribes images best effort, depth 1 (config/refer.yaml), and a busy node keeps
+    only the newest waiting frame (latest-wins): frames sent back to back can be lost or
+    skipped, and the tests below ask at every stamp. A frame sent twice is kept once.
     """
     deadline = time.monotonic() + timeout
     while True:
-        resp = camera.call(object_ids=[0, 1], mode=REQ.MODE_STAMP, stamp=ns_to_stamp(stamp_ns),
-                           question="Is <region> to the left of <region>?", max_new_tokens=1)
+        camera.publish(stamp_ns, image, masks)
+        camera.spin(0.05)
+        resp = camera.call(object_ids=sorted(masks), mode=REQ.MODE_STAMP,
+                           stamp=ns_to_stamp(stamp_ns), max_new_tokens=1,
+                           question=" ".join(["<region>"] * len(masks)) + "?")
         if resp.success or time.monotonic() > deadline:
             break
-        camera.spin(0.1)
+        camera.spin(0.2)
     assert resp.success, f"frame {stamp_ns} never answerable: {resp.message}"
 
 
@@ -157,9 +163,8 @@ def cam(ctx, node, scene):
     t0 = time.time_ns() // DT * DT
     for t in range(scene.num_frames):
         camera.stamps.append(t0 + t * DT)
-        camera.publish(camera.stamps[-1], scene.frames[t], {0: scene.masks[t, 0],
-                                                           1: scene.masks[t, 1]})
-        wait_until_buffered(camera, camera.stamps[-1])
+        publish_until_buffered(camera, camera.stamps[-1], scene.frames[t],
+                               {0: scene.masks[t, 0], 1: scene.masks[t, 1]})
     # Those checks published descriptions of their own (the first ones may be lost to discovery):
     # let the rest arrive, then forget them all.
     camera.spin(1.0)
