@@ -169,7 +169,7 @@ class TrainConfig:
     # linearly from the first value at step 0 to the second at the last step
     focus_clip_middle: tuple[float, float] = (0.5, 0.5)
     # end the focus phase after this many steps, schedule unchanged: reproduces a run that the
-    # time cap cut short (the committed model: 1358, see README)
+    # time cap cut short, or an experiment's focus phase up to a given step
     focus_stop_step: int | None = None
     freeze_vision: bool = True  # after the crops phase
     aux_weight: float = 0.5  # of the auxiliary loss in the answers phase
