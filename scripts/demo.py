@@ -130,10 +130,17 @@ def truth_of(client: Client, stamp: int, oid: int) -> dict | None:
     return next((o for o in gt["objects"] if o["object_id"] == oid), None) if gt else None
 
 
-def scene_age(client: Client) -> int:
-    """Frames of the newest scene seen so far (0 while it has no object)."""
-    newest = client.truth[max(client.truth)]
-    return newest["frame_index"] + 1 if newest["objects"] else 0
+def scene_frames_since(client: Client, since_ns: int) -> int:
+    """Frames of the newest scene published at or after `since_ns` (the node was answering by
+    then, so it saw them), counted back while the scene's frame index runs down by one; 0
+    while the scene has no object."""
+    count, expected = 0, None
+    for stamp in sorted(client.truth, reverse=True):
+        gt = client.truth[stamp]
+        if stamp < since_ns or not gt["objects"] or expected not in (None, gt["frame_index"]):
+            break
+        count, expected = count + 1, gt["frame_index"] - 1
+    return count
 
 
 def left_of_truth(client: Client, stamp: int, a: int, b: int) -> str:
@@ -180,9 +187,11 @@ def run_demo(client: Client) -> bool:
     gt = truth_of(client, stamp, oid) or {}
     show(f"single frame: object {oid}", resp, gt.get("description_still", "?"))
     ok = resp.success
-    # Video: an object of a scene that has been on camera for VIDEO_MIN_FRAMES frames, over the
-    # last 3 s (frames of the previous scene hold other ids, so only this scene's frames count).
-    if not client.spin_until(lambda: scene_age(client) >= VIDEO_MIN_FRAMES, 30.0):
+    # Video: an object of a scene that has been on camera for VIDEO_MIN_FRAMES frames since the
+    # first answer (the camera may have started before the node), over the last 3 s (frames of
+    # the previous scene hold other ids, so only this scene's frames count).
+    if not client.spin_until(lambda: scene_frames_since(client, stamp) >= VIDEO_MIN_FRAMES,
+                             30.0):
         print(f"demo: no scene lasted {VIDEO_MIN_FRAMES} frames")
         return False
     newest = max(client.truth)
