@@ -6,7 +6,8 @@ speed against the memory-bandwidth bound. Prints 'skipped: no CUDA' where there 
 Stages as the node runs them (one 640x480 frame, one object): the per-frame global encode,
 the per-(object, frame) tokenisation (crop + 224² local encode, SAOT, OCI, MLP), LLM prefill
 of the Lite prompts (image; 32-frame clip with the object on every frame) and of the full
-PixelRefer prompts for the same inputs (token counts from bench_tokens), and greedy decode.
+PixelRefer prompts for the same inputs (token counts from bench_tokens), and greedy decode
+through the node's TorchBackend, eager and replayed as a CUDA graph (runtime/decode_graph.py).
 A decode step reads every LLM weight once (the tied head reads the whole embedding matrix), so
 tokens/s cannot exceed bandwidth / LLM weight bytes; the bandwidth is measured here with a
 device-to-device copy (bytes read + written), next to the datasheet figure when the GPU is known.
@@ -24,7 +25,9 @@ import torch
 from bench.common import Timing, load_avg, result_path, save_json, table
 from bench.models import named_config, random_pipeline
 from bench.scenes import make_clip
-from pixelrefer_ros.model.generate import generate
+from pixelrefer_ros.runtime.stages import TorchBackend, generate
+
+GRAPH_CACHE_TOKENS = 2048  # the node's default cuda_graph_tokens
 
 # Datasheet memory bandwidth, GB/s (decimal), for GPUs this node is likely to meet.
 DATASHEET_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800,
@@ -88,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="cpu runs the same code path without a GPU, to check the script only")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.quick:
+        args.preset, args.repeats, args.new_tokens = "tiny", 2, 8
     out = args.json or result_path(f"gpu_{args.preset}")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA (torch.cuda.is_available() is False on this machine)")
         save_json(out, {"bench": "gpu", "skipped": "no CUDA"})
         return 0
-    if args.quick:
-        args.preset, args.repeats, args.new_tokens = "tiny", 2, 8
     dev = args.device
     dtype = torch.float16 if dev == "cuda" and not torch.cuda.is_bf16_supported() \
         else torch.bfloat16
@@ -141,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
                                           "peak_gib": peak_of(prefill)}
         embeds = torch.randn(prompts[f"Lite {scenarios[0].name}"], llm.cfg.hidden_size, device=dev,
                              dtype=dtype) * 0.02
-        runs = [generate(llm, embeds, args.new_tokens, eos_id=-1) for _ in range(3)]
-        tps = sorted((len(r.token_ids) - 1) / r.decode_s for r in runs)
+
+        def decode_rates(backend: TorchBackend) -> list[float]:
+            """tokens/s of 3 runs after a warm-up run (which captures the graph, if any)."""
+            runs = [generate(backend, embeds, args.new_tokens, eos_id=-1) for _ in range(4)][1:]
+            return sorted((len(r.token_ids) - 1) / r.decode_s for r in runs)
+
+        tps = decode_rates(TorchBackend(model))
+        tps_graph = decode_rates(TorchBackend(model, static_cache_tokens=GRAPH_CACHE_TOKENS)) \
+            if dev == "cuda" else tps
     if dev == "cpu":
         print("--device cpu: code path checked; no GPU figures")
         save_json(out, {"bench": "gpu", "skipped": "device cpu (script check only)",
@@ -153,19 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(0)
     sheet = datasheet_gbps(name)
     bound = bandwidth * 1e9 / weight_bytes["llm"]
-    results["decode"] = {"tokens_per_s": tps[1], "min": tps[0], "max": tps[-1],
-                         "bound_measured_bw": bound,
-                         "bound_datasheet_bw": sheet * 1e9 / weight_bytes["llm"] if sheet else None,
-                         "fraction_of_bound": tps[1] / bound}
+    for key, rates in (("decode", tps), ("decode_cuda_graph", tps_graph)):
+        results[key] = {"tokens_per_s": rates[1], "min": rates[0], "max": rates[-1],
+                        "bound_measured_bw": bound,
+                        "bound_datasheet_bw": sheet * 1e9 / weight_bytes["llm"] if sheet else None,
+                        "fraction_of_bound": rates[1] / bound}
     print(f"{name}, {args.preset} random weights, {dtype}, built in {build_s:.1f} s; "
           f"weights GiB: " + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in weight_bytes.items()))
     rows = [[k, str(v["timing"]).strip(), f"{v['peak_gib']:.2f}"] for k, v in results.items()
             if "timing" in v]
     print(table(["stage", "median (min, max)", "peak GiB"], rows))
-    print(f"decode {tps[1]:.1f} tokens/s (min {tps[0]:.1f}, max {tps[-1]:.1f}); bound "
-          f"{bound:.1f} tokens/s at the measured {bandwidth:.0f} GB/s copy bandwidth"
+    for label, rates in (("eager", tps), (f"CUDA graph ({GRAPH_CACHE_TOKENS}-slot cache)",
+                                           tps_graph)):
+        print(f"decode {label}: {rates[1]:.1f} tokens/s (min {rates[0]:.1f}, max {rates[-1]:.1f})"
+              f"; {100 * rates[1] / bound:.0f} % of the bound")
+    print(f"bound {bound:.1f} tokens/s at the measured {bandwidth:.0f} GB/s copy bandwidth"
           + (f", {sheet * 1e9 / weight_bytes['llm']:.1f} at the datasheet {sheet} GB/s"
-             if sheet else "") + f"; {100 * tps[1] / bound:.0f} % of the bound")
+             if sheet else ""))
     save_json(out, {"bench": "gpu", "quick": args.quick, "preset": args.preset,
                     "dtype": str(dtype), "gpu": name, "copy_bandwidth_gbps": bandwidth,
                     "datasheet_bandwidth_gbps": sheet, "weight_bytes": weight_bytes,

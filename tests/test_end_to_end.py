@@ -7,33 +7,32 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from pixelrefer_ros.model.loader import load_checkpoint
 from pixelrefer_ros.model.pipeline import RegionPipeline
-from tests.conftest import (
+from pixelrefer_ros.runtime.stages import TorchBackend
+from tests.official_fixtures import (
     CASE_NAMES,
     CASES_DIR,
     OFFICIAL_CKPT,
     REPO_ROOT,
+    case_inputs,
     load_case,
-    read_mask,
-    read_rgb,
 )
 
+# fp32 on every device this machine has: CPU everywhere, CUDA where a GPU is (the GPU machine's
+# run is in the README). TF32 is off for the CUDA run: parity is asked of fp32 arithmetic.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-@pytest.fixture(scope="module")
-def pipeline() -> RegionPipeline:
-    return RegionPipeline(load_checkpoint(OFFICIAL_CKPT, "float32"))
 
-
-def case_inputs(meta: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    pngs = meta["inputs_png"]
-    files = [pngs["image"]] if meta["modal"] == "image" else pngs["frames"]
-    masks = [read_mask(CASES_DIR / m) for m in pngs["masks"]]
-    return [read_rgb(CASES_DIR / f) for f in files], masks
+@pytest.fixture(scope="module", params=DEVICES)
+def pipeline(request) -> RegionPipeline:
+    if request.param == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return RegionPipeline(load_checkpoint(OFFICIAL_CKPT, "float32", device=request.param))
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
@@ -48,6 +47,23 @@ def test_describe_matches_official(pipeline: RegionPipeline, case: str) -> None:
     assert answer.text == meta["llm"]["mm_infer_output"]
 
 
+def test_shared_cache_backend_matches_official(pipeline: RegionPipeline) -> None:
+    """TorchBackend with a shared static cache (on CUDA: decode replayed as a CUDA graph) gives
+    the official tokens, also after a request too long for the cache ran with its own."""
+    shared = RegionPipeline(pipeline.loaded, TorchBackend(pipeline.model,
+                                                          static_cache_tokens=52 + 16))
+    order = ["image_three_masks_medium", "video_one_object", "image_three_masks_tiny",
+             "image_relation", "image_three_masks_medium"]  # fits, too long, fits, too long, fits
+    for case in order:
+        tensors, meta = load_case(case)
+        images, masks = case_inputs(meta)
+        answer = shared.describe(images, masks, meta["mask_ids"], meta["instruct"], meta["modal"],
+                                 meta["timestamps"], meta["mask_ids_raw"], max_new_tokens=16)
+        assert answer.token_ids == tensors["llm.greedy_ids"].tolist(), case
+    assert shared.backend._static_caches is not None  # the shared cache was used
+    assert (shared.backend._graph is not None) == (pipeline.backend.device.type == "cuda")
+
+
 def test_incremental_path_equals_official_batch(pipeline: RegionPipeline) -> None:
     """Node path (global features once per frame, tokens once per (object, frame)) = the official
     batch for a single-mask image, where the budget (M=1) and the local-crop cache agree."""
@@ -55,7 +71,7 @@ def test_incremental_path_equals_official_batch(pipeline: RegionPipeline) -> Non
     images, masks = case_inputs(meta)
     g = pipeline.global_features(images[0])
     tokens = pipeline.object_tokens(images[0], masks[0], global_feats=g)
-    torch.testing.assert_close(tokens, tensors["obj.mask_feats"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(tokens.cpu(), tensors["obj.mask_feats"], atol=1e-4, rtol=0)
     answer = pipeline.answer(meta["instruct"], [tokens], None, max_new_tokens=16)
     assert answer.token_ids == tensors["llm.greedy_ids"].tolist()
 
@@ -73,7 +89,7 @@ def test_video_answer_from_cached_tokens(pipeline: RegionPipeline) -> None:
 
 def test_deadline_and_token_bound(pipeline: RegionPipeline) -> None:
     tensors, meta = load_case("image_three_masks_medium")
-    tokens = tensors["obj.mask_feats"]
+    tokens = tensors["obj.mask_feats"].to(pipeline.backend.device)
     assert len(pipeline.answer(meta["instruct"], [tokens], None, max_new_tokens=3).token_ids) == 3
     late = pipeline.answer(meta["instruct"], [tokens], None, 16, deadline=0.0)
     assert late.stopped == "deadline" and late.token_ids == []

@@ -124,8 +124,16 @@ def test_720p_at_60hz_with_20_concurrent_calls(overload_node, robustness_report)
     assert set(codes) <= {"OK", "BUSY", "TIMEOUT"}, codes
     assert codes["BUSY"] >= CALLS - MAX_QUEUED - 2 and codes["OK"] >= 1, codes
     assert max(done_at.values()) <= CALL_TIMEOUT_S + GRACE_S + 2.0
-    busy_s = max(t for i, t in done_at.items() if futures[i].result().error_code == R.BUSY)
-    assert busy_s < 1.0  # refused at once, not after waiting
+    # BUSY is decided at once, without waiting on the model: the node's own time for each BUSY
+    # answer (`total_s`, from callback entry) is small. At the client the last BUSY of the burst
+    # can still arrive late on a loaded 2-core machine (one executor thread answers the 16 in
+    # turn, beside 60 Hz of 2.6 MB frames: 1.46 s in one CI run), but before any deadline: a
+    # BUSY that had waited would come at the timeout or later.
+    busy = [i for i in done_at if futures[i].result().error_code == R.BUSY]
+    busy_node_s = max(futures[i].result().total_s for i in busy)
+    busy_s = max(done_at[i] for i in busy)
+    assert busy_node_s < 0.5, busy_node_s
+    assert busy_s < CALL_TIMEOUT_S, busy_s
 
     worker = values_by_status(cam, "model worker")
     camera_v = values_by_status(cam, "camera camera")
@@ -149,6 +157,7 @@ def test_720p_at_60hz_with_20_concurrent_calls(overload_node, robustness_report)
         f"{last['buffer_frames']} buffered; {CALLS} concurrent calls: "
         f"{', '.join(f'{k}={v}' for k, v in sorted(codes.items()))}, slowest answer "
         f"{max(done_at.values()):.2f} s (timeout {CALL_TIMEOUT_S} s + grace {GRACE_S} s), max "
-        f"queue {max_queue}/{MAX_QUEUED}; node RSS {rss_start:.0f} -> {rss_peak:.0f} MiB")
+        f"queue {max_queue}/{MAX_QUEUED}, last BUSY at the client {busy_s:.2f} s (node-side max "
+        f"{1000 * busy_node_s:.0f} ms); node RSS {rss_start:.0f} -> {rss_peak:.0f} MiB")
     assert rate > 20  # the load was real (60 Hz asked; a loaded 2-core machine may lag)
     assert proc.poll() is None and cam.call(object_ids=[0], timeout=30).success

@@ -33,8 +33,8 @@ class ParamSpec:
 
 PARAMS: tuple[ParamSpec, ...] = (
     # Model and backend
-    ParamSpec("backend", "torch", "inference backend (only torch is implemented so far)",
-              BACKENDS),
+    ParamSpec("backend", "torch", "inference backend; onnxruntime and tensorrt run the engines "
+              "made by pixelrefer-export", BACKENDS),
     ParamSpec("model_dir", "", "checkpoint directory in the official HF layout; '' = the "
               "built-in shapes model (<package>/models/shapes)"),
     ParamSpec("engine_dir", "", "exported engines for onnxruntime/tensorrt ('' = "
@@ -42,6 +42,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "cpu", "torch device: cpu, cuda or cuda:<index>", DEVICES),
     ParamSpec("precision", "fp32", "weights/activations dtype", PRECISIONS),
     ParamSpec("force_engine_update", False, "rebuild TensorRT engines even if tagged ones exist"),
+    ParamSpec("cuda_graph_tokens", 2048, "torch backend on CUDA: KV cache positions kept for "
+              "requests whose prompt + new tokens fit; their decode steps replay one CUDA graph "
+              "(0 = eager decode, a cache per request); ignored on the CPU"),
     # Inputs
     ParamSpec("cameras", ["camera"], "camera names; per camera c the node subscribes to "
               "<c>/image_raw (or <c>/image_raw/compressed) and <c>/regions"),
@@ -98,6 +101,7 @@ class NodeParams:
     device: str
     precision: str
     force_engine_update: bool
+    cuda_graph_tokens: int
     cameras: tuple[str, ...]
     image_transport: str
     image_qos_reliability: str
@@ -137,7 +141,8 @@ class NodeParams:
                         "max_new_tokens", "max_queued_requests")
         positive = ("point_radius_px", "buffer_window_s", "buffer_max_mbytes", "video_window_s",
                     "request_timeout_s", "diagnostics_period_s", "qos_warn_after_s")
-        non_negative = ("buffer_keep_raw_s", "stamp_tolerance_s", "encode_rate_hz")
+        non_negative = ("cuda_graph_tokens", "buffer_keep_raw_s", "stamp_tolerance_s",
+                        "encode_rate_hz")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"parameter {name} must be >= 1, got {getattr(self, name)}")

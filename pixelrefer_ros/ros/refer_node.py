@@ -98,7 +98,7 @@ class ReferNode(Node):
         model_dir = resolve_model_dir(p.model_dir)
         log.info(f"loading {model_dir} (backend {p.backend}, {p.device}, {p.precision}) ...")
         self.backend = load_backend(p.backend, model_dir, p.device, p.precision, p.engine_dir,
-                                    p.force_engine_update)
+                                    p.force_engine_update, p.cuda_graph_tokens)
         log.info(f"model {self.backend.model_id} loaded in {self.backend.load_s:.1f} s")
         self._warned: dict[tuple[str, ...], float] = {}  # throttled warnings: kind -> last time
         self.inputs = {c: CameraInput(c, FrameBuffer(p.buffer_config())) for c in p.cameras}

@@ -54,12 +54,14 @@ class Backend:
 
 
 def load_backend(name: str, model_dir: str | Path, device: str = "cpu", precision: str = "fp32",
-                 engine_dir: str | Path = "", force_engine_update: bool = False) -> Backend:
+                 engine_dir: str | Path = "", force_engine_update: bool = False,
+                 cuda_graph_tokens: int = 0) -> Backend:
     """Load `model_dir` for backend `name`. Raises ValueError (unknown or not yet implemented
     backend) or model.loader.CheckpointError (missing/mismatched files) with a clear message.
 
     engine_dir ("" = <model_dir>/engines) and force_engine_update are for the engine backends;
-    wiring those in changes only this function's body (the node already passes them).
+    cuda_graph_tokens is the torch backend's shared KV cache length on CUDA (decode replayed as a
+    CUDA graph for requests that fit; runtime/decode_graph.py).
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
@@ -72,8 +74,12 @@ def load_backend(name: str, model_dir: str | Path, device: str = "cpu", precisio
         loaded = load_checkpoint(model_dir, precision, device)
     else:  # engine backends carry their own weights: read config, tokenizer and hash only
         loaded = load_checkpoint(model_dir, weights=False)
+    # The shared cache only pays on CUDA (graph decode); on the CPU its extra masked slots
+    # would cost attention work in every step.
     stages = make_backend(name, loaded, engine_dir or Path(model_dir) / "engines", device,
-                          precision, force_engine_update=force_engine_update)
+                          precision, force_engine_update=force_engine_update,
+                          static_cache_tokens=cuda_graph_tokens if device.startswith("cuda")
+                          else 0)
     return Backend(name=name, model=RegionPipeline(loaded, stages),
                    model_id=loaded.config.model_id, checkpoint_dir=Path(model_dir),
                    device=device, precision=precision, load_s=time.perf_counter() - start)

@@ -48,6 +48,7 @@ class KVState:
     length: int
     past_k: Any = None
     past_v: Any = None
+    shared: bool = False  # torch: the tokens sit in the backend's shared cache (graph decode)
 
 
 class StageBackend:
@@ -89,13 +90,22 @@ class StageBackend:
 
 
 class TorchBackend(StageBackend):
-    """The PyTorch reference: the model's own stage methods and its static KV cache."""
+    """The PyTorch reference: the model's own stage methods and its static KV cache.
+
+    static_cache_tokens > 0 keeps one KV cache of that many positions for every request whose
+    prompt plus new tokens fit (longer ones get a cache of their own, as with 0), and on CUDA
+    replays each decode step over it as a CUDA graph (runtime/decode_graph.py), captured at the
+    first decode. On the CPU the shared cache only saves the per-request allocation.
+    """
 
     name = "torch"
 
-    def __init__(self, model: PixelReferLite) -> None:
+    def __init__(self, model: PixelReferLite, static_cache_tokens: int = 0) -> None:
         self.model = model
         self.device, self.dtype = model.device, model.dtype
+        self.static_cache_tokens = static_cache_tokens
+        self._static_caches: list | None = None  # the layers' KVCache modules of the shared cache
+        self._graph = None  # DecodeGraph, over the shared cache
 
     def encode(self, pixel_values: Tensor, grids: Sequence[tuple[int, int]]) -> Tensor:
         return self.model.vision(pixel_values.to(self.device, self.dtype), grids)
@@ -110,20 +120,42 @@ class TorchBackend(StageBackend):
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.llm.embed(ids)
 
+    def _install_static_caches(self) -> None:
+        """Put the shared cache (allocated once) back into the layers: a request too long for
+        it installed caches of its own."""
+        llm = self.model.llm
+        if self._static_caches is None:
+            llm.setup_caches(1, self.static_cache_tokens)
+            self._static_caches = [layer.self_attn.kv_cache for layer in llm.layers]
+        for layer, cache in zip(llm.layers, self._static_caches, strict=True):
+            layer.self_attn.kv_cache = cache
+        llm.max_seq_len = self.static_cache_tokens
+
     def prefill(self, embeds: Tensor, max_seq_len: int) -> tuple[Tensor, KVState]:
         llm, t = self.model.llm, embeds.shape[1]
-        llm.setup_caches(1, max_seq_len, dtype=embeds.dtype, device=embeds.device)
+        shared = max_seq_len <= self.static_cache_tokens and embeds.dtype == self.dtype
+        if shared:
+            self._install_static_caches()
+        else:
+            llm.setup_caches(1, max_seq_len, dtype=embeds.dtype, device=embeds.device)
         logits = llm(embeds, torch.arange(t, device=embeds.device), last_only=True)[:, -1]
-        return logits, KVState(t)
+        return logits, KVState(t, shared=shared)
 
     def decode(self, token: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         llm = self.model.llm
+        if state.shared and self.device.type == "cuda":
+            if self._graph is None:
+                from pixelrefer_ros.runtime.decode_graph import DecodeGraph
+
+                self._graph = DecodeGraph(llm, self.device)
+            return self._graph.step(token, state.length), KVState(state.length + 1, shared=True)
         pos = torch.tensor([state.length], device=token.device)
         logits = llm(llm.embed(token), pos, last_only=True)[:, -1]
-        return logits, KVState(state.length + 1)
+        return logits, KVState(state.length + 1, shared=state.shared)
 
     def close(self) -> None:
         self.model.llm.release_caches()
+        self._static_caches = self._graph = None
 
 
 @torch.inference_mode()
@@ -191,7 +223,8 @@ def object_graph_inputs(crop: CropFeatures) -> tuple[Tensor, Tensor, Tensor]:
 def make_backend(name: str, loaded: LoadedModel, engine_dir: str | Path | None = None,
                  device: str = "cpu", precision: str = "fp32",
                  providers: Sequence[str] | None = None,
-                 force_engine_update: bool = False) -> StageBackend:
+                 force_engine_update: bool = False, static_cache_tokens: int = 0
+                 ) -> StageBackend:
     """The backend named by an explicit config value (the node's `backend` parameter).
 
     torch needs `loaded.model`; onnxruntime and tensorrt need `engine_dir` (made by
@@ -204,7 +237,7 @@ def make_backend(name: str, loaded: LoadedModel, engine_dir: str | Path | None =
         if loaded.model is None:
             raise ValueError("the torch backend needs the checkpoint weights (load with "
                              "weights=True)")
-        return TorchBackend(loaded.model)
+        return TorchBackend(loaded.model, static_cache_tokens)
     if engine_dir is None:
         raise ValueError(f"backend {name!r} needs an engine directory (pixelrefer-export "
                          "CKPT --out ENGINE_DIR)")
