@@ -101,6 +101,21 @@ def test_bench_gpu_runs_or_says_why_not(tmp_path) -> None:
         assert "skipped: no CUDA" in run.stdout and result["skipped"] == "no CUDA"
 
 
+def test_bench_precision_fp32_reproduces_the_official_answers(tmp_path) -> None:
+    out = tmp_path / "precision.json"
+    run = run_bench("bench.bench_precision", "--device", "cpu", "--dtypes", "float32",
+                    "bfloat16", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    fp32 = {k: v for k, v in results.items() if k.startswith("float32 ")}
+    assert len(fp32) == 5 and len(results) == 10, sorted(results)
+    for case, r in fp32.items():
+        assert r["greedy_agree"] == r["greedy_len"] == 16 and r["text_equal"], case
+        assert r["tokens_rel_diff"] < 1e-4 and r["logits_rel_diff"] < 1e-5, case
+    # bf16 measurably moves the logits (the bench would be blind if it did not)
+    assert all(v["logits_rel_diff"] > 1e-3 for k, v in results.items() if "bfloat16" in k)
+    assert "image_relation" in run.stdout
+
+
 def test_run_all_builds_the_summary(tmp_path) -> None:
     run = run_bench("bench.run_all", "--quick", "--only", "gpu", "--results-dir", str(tmp_path))
     summary = json.loads((tmp_path / "quick" / "summary.json").read_text())
