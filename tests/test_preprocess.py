@@ -79,6 +79,41 @@ def test_one_pixel_speck_is_capped_by_the_processor() -> None:
     assert grid == (90, 90) and pixels.shape == (8100, 588)
 
 
+SPECK_PROBE = """
+import resource, sys
+import numpy as np, torch
+from pixelrefer_ros.model.loader import load_checkpoint
+from pixelrefer_ros.model.pipeline import RegionPipeline
+torch.set_num_threads(1)
+pipe = RegionPipeline(load_checkpoint("models/shapes", "float32"))
+image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+box = np.zeros((480, 640), np.uint8)
+box[100:124, 100:124] = 1
+pipe.object_tokens(image, box)  # warm-up on an ordinary object: weights, allocator, threads
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+speck = np.zeros((480, 640), np.uint8)
+speck[240, 320] = 1
+tokens = pipe.object_tokens(image, speck)
+print(tokens.shape[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_one_pixel_speck_encodes_in_bounded_memory() -> None:
+    """The speck's 8,100-patch crop through the built-in model's ViT adds < 512 MiB of peak RSS
+    (2.4 GB when the ViT attention took PyTorch's math kernel, which holds [H, P, P] scores).
+    A fresh process, so the peak is this encode's own."""
+    import subprocess
+    import sys
+
+    from tests.official_fixtures import REPO_ROOT
+
+    out = subprocess.run([sys.executable, "-c", SPECK_PROBE], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows, grown_mib = out.stdout.split()
+    assert int(rows) > 0 and float(grown_mib) < 512, out.stdout
+
+
 def test_interpolation_linear_when_a_side_stays_equal() -> None:
     """Spec §8: LINEAR if a side grows *or stays equal*; AREA only when both shrink."""
     rng = np.random.default_rng(0)
