@@ -221,7 +221,10 @@ def test_fuzzed_inputs_never_take_the_node_down(fuzz_node, robustness_report):
         f"requests ({', '.join(f'{k}={v}' for k, v in sorted(codes.items()))}), slowest "
         f"answer {slowest[0]:.2f} s, buffer resets {values['resets']}; node RSS "
         f"{rss_start:.0f} -> max {state['rss_max']:.0f} -> {rss_end:.0f} MiB")
-    assert requests > 50 and codes["OK"] >= 3 and codes["BAD_REQUEST"] >= 5
+    # How many drawn requests succeed depends on the draws (hypothesis reseeds from this test's
+    # source, so any edit reshuffles them: 1 to 11 OK seen) and on timing: reported, not asserted.
+    # Serving correctly is asserted above, by the fixed calls before and after the fuzzing.
+    assert requests > 50 and codes["BAD_REQUEST"] >= 5
     assert rss_end - rss_start < RSS_GROWTH_LIMIT_MIB
     assert state["rss_max"] - rss_start < RSS_PEAK_LIMIT_MIB
     assert proc.poll() is None
