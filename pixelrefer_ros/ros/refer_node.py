@@ -5,7 +5,8 @@ in; service `describe_region`; `descriptions` (ObjectDescription), `descriptions
 and `/diagnostics` out. Conversions live in conversions.py, request handling in service.py, the
 buffer in pixelrefer_ros.buffer and all model work in the single runtime.ModelWorker thread.
 
-Concurrency (MultiThreadedExecutor, `NodeParams.executor_threads` threads):
+Concurrency (`ReferExecutor`, ros/executor.py: rclpy's MultiThreadedExecutor without its
+resubmit loop; `NodeParams.executor_threads` threads):
 - subscriptions: one MutuallyExclusiveCallbackGroup; they only convert and store (never infer);
 - the describe service: its own ReentrantCallbackGroup. Each call submits a job to the worker
   and blocks its executor thread until the answer (rclpy cannot defer a service response).
@@ -29,7 +30,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -43,6 +44,7 @@ from pixelrefer_ros.ros.conversions import (
     region_to_mask,
     stamp_to_ns,
 )
+from pixelrefer_ros.ros.executor import ReferExecutor
 from pixelrefer_ros.ros.inputs import CameraInput, LatestFrame
 from pixelrefer_ros.ros.params import declare_parameters, read_parameters
 from pixelrefer_ros.ros.service import build_job, description_msgs, fill_response
@@ -297,7 +299,7 @@ def main(args: list[str] | None = None) -> int:
             except Exception as exc:  # bad parameter, missing model ...: say why and exit 1
                 rclpy.logging.get_logger("refer_node").fatal(f"cannot start: {exc}")
                 return 1
-            executor = MultiThreadedExecutor(num_threads=node.params.executor_threads)
+            executor = ReferExecutor(num_threads=node.params.executor_threads)
             executor.add_node(node)
             try:
                 executor.spin()
