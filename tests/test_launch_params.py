@@ -119,6 +119,7 @@ def test_dataclass_matches_the_table():
     ("request_timeout_s", float("nan"), "> 0"),
     ("stamp_tolerance_s", -1.0, ">= 0"),
     ("cuda_graph_tokens", -1, ">= 0"),
+    ("max_region_patches", -5, ">= 0"),
 ])
 def test_bad_values_are_refused_with_the_allowed_ones(name, value, words):
     with pytest.raises(ValueError, match="parameter " + name) as info:

@@ -79,6 +79,20 @@ def test_one_pixel_speck_is_capped_by_the_processor() -> None:
     assert grid == (90, 90) and pixels.shape == (8100, 588)
 
 
+@pytest.mark.parametrize(("top", "left", "h", "w", "patches"), [
+    (240, 320, 1, 1, 8100), (100, 100, 3, 3, None), (100, 100, 24, 24, 529),
+    (10, 20, 390, 580, 70), (0, 0, 480, 640, None), (470, 630, 10, 10, None)])
+def test_crop_patches_is_what_prepare_region_and_patchify_give(top, left, h, w, patches) -> None:
+    """The cost check of the node's `max_region_patches` follows the real path exactly."""
+    mask = np.zeros((480, 640), np.uint8)
+    mask[top:top + h, left:left + w] = 1
+    region = pp.prepare_region(np.zeros((480, 640, 3), np.uint8), mask, CFG)
+    _, (gh, gw) = pp.patchify(region.crop, 1, CFG)
+    assert pp.crop_patches(mask, CFG) == gh * gw
+    assert patches is None or gh * gw == patches
+    assert pp.crop_patches(np.zeros((480, 640), np.uint8), CFG) == 0
+
+
 SPECK_PROBE = """
 import resource, sys
 import numpy as np, torch

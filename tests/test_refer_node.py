@@ -22,7 +22,7 @@ from geometry_msgs.msg import Point32  # noqa: E402
 from rcl_interfaces.srv import ListParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, RegionOfInterest  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from pixelrefer_ros.ros.conversions import (  # noqa: E402
@@ -122,7 +122,8 @@ def scene():
 @pytest.fixture(scope="module")
 def node(tiny_ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("refer_node") / "refer_node.log"
-    proc = start_node(tiny_ckpt, log, max_queued_requests=2, diagnostics_period_s=0.5)
+    proc = start_node(tiny_ckpt, log, max_queued_requests=2, diagnostics_period_s=0.5,
+                      max_region_patches=MAX_REGION_PATCHES)
     yield proc, log
     rc = stop_process(proc)
     assert rc == 0, f"refer_node exited with {rc}:\n{log.read_text()[-3000:]}"
@@ -236,13 +237,24 @@ def test_inline_region_on_newest_frame(cam):
     assert stamps_of(resp)[42] == [cam.stamps[-1]] and resp.vision_s > 0
 
 
+MAX_REGION_PATCHES = 2048  # a 1-pixel region's zoomed crop is 8,100 patches; scene objects ~500
+
+
+def speck_box(object_id: int, header=None) -> RegionPrompt:
+    """A 1x1 px box: the official zoom makes it a 4,564 px square crop (8,100 patches)."""
+    return RegionPrompt(header=header or make_header(0, FRAME_ID), object_id=object_id,
+                        type=RegionPrompt.TYPE_BOX,
+                        box=RegionOfInterest(x_offset=100, y_offset=60, width=1, height=1))
+
+
 def bad_mask_region(h: int, w: int, fill: int) -> RegionPrompt:
     return RegionPrompt(object_id=5, type=RegionPrompt.TYPE_MASK,
                         mask=mask_to_image(np.full((h, w), fill, np.uint8)))
 
 
 @pytest.mark.parametrize("case", ["unknown_object", "no_frame_in_window", "stamp_too_old",
-                                  "stamp_in_future", "mask_size", "empty_mask", "placeholders",
+                                  "stamp_in_future", "mask_size", "empty_mask", "too_costly",
+                                  "placeholders",
                                   "bad_mode", "unknown_camera"])
 def test_bad_requests_get_their_error_code(cam, node, case):
     newest, oldest = cam.stamps[-1], cam.stamps[0]
@@ -258,6 +270,9 @@ def test_bad_requests_get_their_error_code(cam, node, case):
                       R.BAD_REGION, "mask is 12x10 but image is 256x256"),
         "empty_mask": ({"object_ids": [5], "regions": [bad_mask_region(256, 256, 0)]},
                        R.BAD_REGION, "empty region"),
+        "too_costly": ({"object_ids": [5], "regions": [speck_box(5)]}, R.BAD_REGION,
+                       f"8100 ViT patches (the official zoom enlarges small regions), above "
+                       f"max_region_patches={MAX_REGION_PATCHES}"),
         "placeholders": ({"object_ids": [0], "question": "Compare <region> and <region>."},
                          R.BAD_REQUEST, "placeholder"),
         "bad_mode": ({"object_ids": [0], "mode": 9}, R.BAD_REQUEST, "mode"),
@@ -268,6 +283,28 @@ def test_bad_requests_get_their_error_code(cam, node, case):
     assert not resp.success and resp.error_code == code, (resp.error_code, resp.message)
     assert words in resp.message
     assert node[0].poll() is None
+
+
+def test_regions_too_costly_to_encode_are_refused_at_intake(cam, node):
+    """A 1-pixel region from the tracker topic never reaches the worker: refused, counted and
+    explained in /diagnostics; the node answers for the other objects as before."""
+    def camera_status() -> dict[str, str]:
+        for d in reversed(cam.diagnostics):
+            for s in d.status:
+                if s.name == "refer_node: camera camera":
+                    return {kv.key: kv.value for kv in s.values}
+        return {}
+
+    header = make_header(cam.stamps[-1], FRAME_ID)
+    cam.regions_pub.publish(RegionPromptArray(header=header, regions=[speck_box(77, header)]))
+    assert spin_until(cam.executor, lambda: "max_region_patches" in
+                      camera_status().get("last_region_error", ""), 15), camera_status()
+    status = camera_status()
+    assert status["last_region_error"].startswith("object 77: region of 1 pixel(s)")
+    assert int(status["regions_rejected"]) >= 1
+    resp = cam.call(object_ids=[77])
+    assert resp.error_code == R.UNKNOWN_OBJECT, resp.message
+    assert cam.call(object_ids=[0]).success and node[0].poll() is None
 
 
 def test_bad_frames_are_logged_and_the_node_stays_up(cam, node, scene):

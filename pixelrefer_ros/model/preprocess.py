@@ -68,6 +68,23 @@ def padded_box(mask01: np.ndarray, pad: int) -> tuple[int, int, int, int] | None
     return max(0, y - pad), max(0, x - pad), min(h, y + bh + pad), min(w, x + bw + pad)
 
 
+def crop_patches(mask: np.ndarray, cfg: PreprocessConfig, num_images: int = 1) -> int:
+    """ViT patches of the mask's scale-adapted crop after the image processor: what encoding
+    this object costs (0 for an empty mask, which is encoded as one black patch). The same
+    rules as `prepare_region` + `patchify`, without touching the pixels."""
+    mask01 = (np.asarray(mask) > 0).astype(np.uint8)
+    bbox = padded_box(mask01, cfg.bbox_pad)
+    if bbox is None:
+        return 0
+    top, left, bottom, right = bbox
+    scale = object_scale(int(mask01.sum(dtype=np.int64)), cfg)
+    out_h = scaled_side(bottom - top, scale, cfg.patch_size)
+    out_w = scaled_side(right - left, scale, cfg.patch_size)
+    th, tw = smart_resize(out_h, out_w, cfg.patch_size, cfg.min_pixels,
+                          pixel_cap(num_images, cfg))
+    return (th // cfg.patch_size) * (tw // cfg.patch_size)
+
+
 def global_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """The whole frame squashed to 336x336 (INTER_AREA, aspect not kept): OCI's global context."""
     g = cfg.global_size

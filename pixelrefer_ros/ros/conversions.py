@@ -22,6 +22,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from pixelrefer_ros.model.config import PreprocessConfig
+from pixelrefer_ros.model.preprocess import crop_patches
 from pixelrefer_ros_interfaces.msg import RegionPrompt
 
 NS = 1_000_000_000
@@ -185,6 +187,19 @@ def region_to_mask(region: RegionPrompt, image_hw: tuple[int, int],
 
 
 _TYPE_NAMES = {0: "mask", 1: "box", 2: "polygon", 3: "point"}
+
+
+def check_region_cost(mask: np.ndarray, max_patches: int, cfg: PreprocessConfig) -> None:
+    """Refuse a region whose zoomed crop would cost more than `max_patches` ViT patches
+    (0 = no cap). The official rule enlarges a small region until it covers 32 patches, so a
+    few-pixel region becomes a crop of thousands of patches (a 1-pixel one: 8,100)."""
+    if max_patches <= 0:
+        return
+    patches = crop_patches(mask, cfg)
+    if patches > max_patches:
+        raise ConversionError(f"region of {int(np.count_nonzero(mask))} pixel(s) would be "
+                              f"encoded as {patches} ViT patches (the official zoom enlarges "
+                              f"small regions), above max_region_patches={max_patches}")
 
 
 def _mask_pixels(m: Image, h: int, w: int) -> np.ndarray:

@@ -59,6 +59,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "a burst of more arrays than this before the node takes them loses the oldest)"),
     ParamSpec("max_image_pixels", 16_777_216, "frames with more pixels are refused "
               "(default 4096x4096)"),
+    ParamSpec("max_region_patches", 0, "refuse a region whose zoomed crop (official SAOT rule: "
+              "a tiny region is enlarged until it covers 32 patches) would exceed this many ViT "
+              "patches; 0 = no cap (the official processor still caps a crop at 8,192)"),
     ParamSpec("point_radius_px", 24.0, "TYPE_POINT regions become a filled disk of this "
               "radius (when the region's own point_radius is 0)"),
     # Rolling buffer (per camera)
@@ -108,6 +111,7 @@ class NodeParams:
     image_qos_depth: int
     regions_qos_depth: int
     max_image_pixels: int
+    max_region_patches: int
     point_radius_px: float
     buffer_window_s: float
     buffer_max_frames: int
@@ -141,8 +145,8 @@ class NodeParams:
                         "max_new_tokens", "max_queued_requests")
         positive = ("point_radius_px", "buffer_window_s", "buffer_max_mbytes", "video_window_s",
                     "request_timeout_s", "diagnostics_period_s", "qos_warn_after_s")
-        non_negative = ("cuda_graph_tokens", "buffer_keep_raw_s", "stamp_tolerance_s",
-                        "encode_rate_hz")
+        non_negative = ("cuda_graph_tokens", "max_region_patches", "buffer_keep_raw_s",
+                        "stamp_tolerance_s", "encode_rate_hz")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"parameter {name} must be >= 1, got {getattr(self, name)}")

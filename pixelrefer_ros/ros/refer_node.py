@@ -39,6 +39,7 @@ from pixelrefer_ros.buffer import FrameBuffer, RegionStatus
 from pixelrefer_ros.ros import diagnostics, qos
 from pixelrefer_ros.ros.conversions import (
     ConversionError,
+    check_region_cost,
     compressed_to_rgb,
     image_to_rgb,
     region_to_mask,
@@ -102,6 +103,7 @@ class ReferNode(Node):
         self.backend = load_backend(p.backend, model_dir, p.device, p.precision, p.engine_dir,
                                     p.force_engine_update, p.cuda_graph_tokens)
         log.info(f"model {self.backend.model_id} loaded in {self.backend.load_s:.1f} s")
+        self._preprocess = self.backend.model.config.preprocess  # for max_region_patches
         self._warned: dict[tuple[str, ...], float] = {}  # throttled warnings: kind -> last time
         self.inputs = {c: CameraInput(c, FrameBuffer(p.buffer_config())) for c in p.cameras}
         self.worker = ModelWorker(self.backend.model, {c: i.buffer for c, i in self.inputs.items()},
@@ -201,6 +203,7 @@ class ReferNode(Node):
             return "no frame received yet on this camera to size the region"
         try:
             mask = region_to_mask(region, hw, self.params.point_radius_px)
+            check_region_cost(mask, self.params.max_region_patches, self._preprocess)
         except ConversionError as exc:
             return str(exc)
         match = cam.buffer.add_region(int(region.object_id), stamp, mask)
@@ -225,7 +228,7 @@ class ReferNode(Node):
         job = None
         start = time.monotonic()
         try:
-            job = build_job(request, self.params, self.inputs, start)
+            job = build_job(request, self.params, self.inputs, start, self._preprocess)
             future = self.worker.submit(job)
             try:
                 result = future.result(max(job.deadline - time.monotonic(), 0.0) + ANSWER_GRACE_S)

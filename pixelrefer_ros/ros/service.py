@@ -11,8 +11,10 @@ from collections.abc import Mapping
 
 from std_msgs.msg import Header, String
 
+from pixelrefer_ros.model.config import PreprocessConfig
 from pixelrefer_ros.ros.conversions import (
     ConversionError,
+    check_region_cost,
     ns_to_stamp,
     region_to_mask,
     stamp_to_ns,
@@ -39,9 +41,11 @@ def _finite_non_negative(name: str, value: float) -> float:
 
 
 def build_job(req: DescribeRegion.Request, params: NodeParams,
-              inputs: Mapping[str, CameraInput], now_s: float) -> DescribeJob:
+              inputs: Mapping[str, CameraInput], now_s: float,
+              preprocess: PreprocessConfig | None = None) -> DescribeJob:
     """Apply the node's defaults and caps, convert inline regions to masks on the camera's
-    newest frame. Raises RequestError (BAD_REQUEST, BAD_REGION, NOT_READY)."""
+    newest frame (`preprocess`: the model's, for the `max_region_patches` check). Raises
+    RequestError (BAD_REQUEST, BAD_REGION, NOT_READY)."""
     camera = req.camera or params.cameras[0]
     cam = inputs.get(camera)
     if cam is None:
@@ -66,6 +70,8 @@ def build_job(req: DescribeRegion.Request, params: NodeParams,
                 raise RequestError(ResultCode.BAD_REQUEST, f"two inline regions for object {oid}")
             try:
                 inline[oid] = region_to_mask(region, latest.hw, params.point_radius_px)
+                check_region_cost(inline[oid], params.max_region_patches,
+                                  preprocess or PreprocessConfig())
             except ConversionError as exc:
                 raise RequestError(ResultCode.BAD_REGION,
                                    f"inline region {i} (object {oid}): {exc}") from None
