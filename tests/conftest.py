@@ -7,16 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.official_fixtures import (  # noqa: F401  (re-exported for the test modules)
-    CASE_NAMES,
-    CASES_DIR,
-    FIXTURES,
-    OFFICIAL_CKPT,
-    REPO_ROOT,
-    load_case,
-    read_mask,
-    read_rgb,
-)
+from tests.official_fixtures import FIXTURES, OFFICIAL_CKPT, REPO_ROOT
 
 # ROS isolation for every test process: loopback discovery only, a domain per process
 # (pytest-xdist workers get distinct ids). Set before any rclpy import in the tests.

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT
+from tests.official_fixtures import REPO_ROOT
 from tests.rosutil import ros_env
 
 

@@ -32,7 +32,7 @@ from pixelrefer_ros.runtime.trt_backend import (
     find_engines,
     parse_tag,
 )
-from tests.conftest import CASE_NAMES, CASES_DIR, OFFICIAL_CKPT, REPO_ROOT, load_case
+from tests.official_fixtures import CASE_NAMES, CASES_DIR, OFFICIAL_CKPT, REPO_ROOT, load_case
 from tests.test_end_to_end import case_inputs
 
 SHAPES = REPO_ROOT / "models" / "shapes"

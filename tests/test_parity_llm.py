@@ -17,7 +17,7 @@ from pixelrefer_ros.model.generate import generate, generate_no_cache
 from pixelrefer_ros.model.llm import Qwen2
 from pixelrefer_ros.model.prompt import image_prompt, splice_regions, video_prompt
 from pixelrefer_ros.model.tokenizer import TextTokenizer
-from tests.conftest import CASE_NAMES, OFFICIAL_CKPT, load_case
+from tests.official_fixtures import CASE_NAMES, OFFICIAL_CKPT, load_case
 
 NON_LLM_PREFIXES = ("model.vision_encoder.", "model.region_encoder.", "model.mm_projector.")
 

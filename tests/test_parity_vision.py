@@ -23,7 +23,14 @@ from pixelrefer_ros.model.object_tokenizer import (
     position_grid,
 )
 from pixelrefer_ros.model.vision import VisionEncoder
-from tests.conftest import CASE_NAMES, CASES_DIR, OFFICIAL_CKPT, load_case, read_mask, read_rgb
+from tests.official_fixtures import (
+    CASE_NAMES,
+    CASES_DIR,
+    OFFICIAL_CKPT,
+    load_case,
+    read_mask,
+    read_rgb,
+)
 
 ATOL = 1e-4
 PASSES = {"crop": "crop", "raw": "raw_336", "local": "local_224"}  # processor pass -> stage-1 name

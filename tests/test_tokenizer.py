@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pixelrefer_ros.model.tokenizer import TextTokenizer
-from tests.conftest import CASE_NAMES, CASES_DIR, OFFICIAL_CKPT
+from tests.official_fixtures import CASE_NAMES, CASES_DIR, OFFICIAL_CKPT
 
 MIXED_TEXT = [
     "Hello world,",

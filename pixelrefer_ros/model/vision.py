@@ -54,7 +54,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ----------------------------------------------------------------------------- layers
 
-
 class VisionAttention(nn.Module):
     """Multi-head self-attention with 2-D RoPE, restricted to each image of the packed sequence."""
 
