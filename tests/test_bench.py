@@ -116,6 +116,14 @@ def test_bench_precision_fp32_reproduces_the_official_answers(tmp_path) -> None:
     assert "image_relation" in run.stdout
 
 
+def test_bench_region_cost_box(tmp_path) -> None:
+    out = tmp_path / "region_cost.json"
+    run_bench("bench.bench_region_cost", "--masks", "box24", "--repeats", "1", "--json", str(out))
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["mask"] == "box24" and result["pixels"] == 576 and result["patches"] == 529
+    assert result["encode_s"] > 0
+
+
 def test_run_all_builds_the_summary(tmp_path) -> None:
     run = run_bench("bench.run_all", "--quick", "--only", "gpu", "--results-dir", str(tmp_path))
     summary = json.loads((tmp_path / "quick" / "summary.json").read_text())

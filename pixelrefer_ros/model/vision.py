@@ -74,10 +74,10 @@ class VisionAttention(nn.Module):
         for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
             # [Pi, H, D] -> [1, H, Pi, D]: full attention within one image, scale D^-0.5. The
             # batch dim matters: with 3-D inputs PyTorch's CPU path takes the math kernel, which
-            # holds the [H, Pi, Pi] scores: 2.3 GB and 2.7 s for the 8,192 patches that the
-            # official zoom gives a 1-pixel mask (more at the 2B model's 16 heads). 4-D inputs
-            # get the flash kernel: 7 MB and 0.2 s, and the same parity (max |diff| 2.3e-5 vs
-            # 2.2e-5 against the official features).
+            # holds the [H, Pi, Pi] scores: +2.4 GB and 4.4 s to encode the 8,100-patch crop
+            # that the official zoom gives a 1-pixel mask (more at the 2B model's 16 heads).
+            # 4-D inputs get the flash kernel: +167 MiB and 0.8 s (bench/bench_region_cost.py),
+            # and the same parity (max |diff| 2.3e-5 vs 2.2e-5 against the official features).
             qi, ki, vi = (t.transpose(0, 1)[None] for t in (qi, ki, vi))
             o = F.scaled_dot_product_attention(qi, ki, vi)[0]
             outs.append(o.transpose(0, 1))

@@ -5,9 +5,10 @@ yields again every task that was handed to the thread pool but has not started y
 (`Executor._wait_for_ready_callbacks`: "Yield tasks in-progress before waiting for new work"),
 and `MultiThreadedExecutor` submits it to the pool again each time, without waiting. While
 the GIL was busy (the model worker's Python parts, an image conversion), the spin loop went
-round ~8,000 times a second and queued up to ~2,500 copies of one subscription task; the
-frames' real callbacks waited behind them, and ingestion of one tracked object fell from 27 to
-2-4 frames/s (`bench/bench_ingest.py`, 2026-11-26; measured with a probe of the loop).
+round ~8,000 times a second and queued up to ~2,500 copies of one subscription task (a one-off
+probe of the loop, 2026-11-26); the frames' real callbacks waited behind them, and ingestion of
+one tracked object fell from 27 to 2-4 frames/s (`bench/bench_ingest.py`).
+`tests/test_executor.py` reproduces the flood and prints the copies.
 
 `ReferExecutor` submits each task once. When the loop is handed a task that is still waiting
 for a pool thread, it sleeps a moment (releasing the GIL to the threads that have work)
