@@ -214,18 +214,26 @@ class Qwen2(nn.Module):
     # ---- static KV cache -----------------------------------------------------------------
 
     def setup_caches(self, max_batch: int, max_seq_len: int, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> None:
-        """Allocate one `KVCache` per layer with fixed [max_batch, H_kv, max_seq_len, D] buffers."""
+                     device: torch.device | str | None = None) -> list[KVCache]:
+        """Allocate one `KVCache` per layer with fixed [max_batch, H_kv, max_seq_len, D] buffers
+        and install them; returns them, so a caller can `install_caches` them again later."""
         if max_seq_len > self.cfg.max_position_embeddings:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds max_position_embeddings "
                              f"{self.cfg.max_position_embeddings}")
         ref = self.embed_tokens.weight
         dtype = dtype or ref.dtype
         device = device or ref.device
-        for layer in self.layers:
-            layer.self_attn.kv_cache = KVCache(max_batch, self.cfg.num_key_value_heads,
-                                               max_seq_len, self.cfg.head_dim, dtype, device)
-        self.max_seq_len = max_seq_len
+        caches = [KVCache(max_batch, self.cfg.num_key_value_heads, max_seq_len,
+                          self.cfg.head_dim, dtype, device) for _ in self.layers]
+        self.install_caches(caches)
+        return caches
+
+    def install_caches(self, caches: list[KVCache]) -> None:
+        """Use `caches` (one per layer, from `setup_caches`) from now on: e.g. the cache that a
+        captured CUDA graph reads, after another request installed caches of its own."""
+        for layer, cache in zip(self.layers, caches, strict=True):
+            layer.self_attn.kv_cache = cache
+        self.max_seq_len = caches[0].k_cache.shape[2]
 
     def release_caches(self) -> None:
         """Drop the KV buffers (frees device memory, e.g. when a node deactivates)."""

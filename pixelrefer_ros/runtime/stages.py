@@ -104,7 +104,7 @@ class TorchBackend(StageBackend):
         self.model = model
         self.device, self.dtype = model.device, model.dtype
         self.static_cache_tokens = static_cache_tokens
-        self._static_caches: list | None = None  # the layers' KVCache modules of the shared cache
+        self._static_caches: list | None = None  # the shared cache (one KVCache per layer)
         self._graph = None  # DecodeGraph, over the shared cache
 
     def encode(self, pixel_values: Tensor, grids: Sequence[tuple[int, int]]) -> Tensor:
@@ -121,15 +121,13 @@ class TorchBackend(StageBackend):
         return self.model.llm.embed(ids)
 
     def _install_static_caches(self) -> None:
-        """Put the shared cache (allocated once) back into the layers: a request too long for
-        it installed caches of its own."""
+        """Allocate the shared cache once, and put it back when a request too long for it
+        installed caches of its own."""
         llm = self.model.llm
         if self._static_caches is None:
-            llm.setup_caches(1, self.static_cache_tokens)
-            self._static_caches = [layer.self_attn.kv_cache for layer in llm.layers]
-        for layer, cache in zip(llm.layers, self._static_caches, strict=True):
-            layer.self_attn.kv_cache = cache
-        llm.max_seq_len = self.static_cache_tokens
+            self._static_caches = llm.setup_caches(1, self.static_cache_tokens)
+        else:
+            llm.install_caches(self._static_caches)
 
     def prefill(self, embeds: Tensor, max_seq_len: int) -> tuple[Tensor, KVState]:
         llm, t = self.model.llm, embeds.shape[1]
