@@ -64,6 +64,21 @@ def test_shared_cache_backend_matches_official(pipeline: RegionPipeline) -> None
     assert (shared.backend._graph is not None) == (pipeline.backend.device.type == "cuda")
 
 
+def test_shared_cache_is_capped_by_the_model_positions(pipeline: RegionPipeline) -> None:
+    """The node's default cuda_graph_tokens (2048) on a model with fewer positions: the shared
+    cache shrinks to fit instead of failing every request."""
+    positions = pipeline.config.llm.max_position_embeddings
+    backend = TorchBackend(pipeline.model, static_cache_tokens=positions + 1000)
+    assert backend.static_cache_tokens == positions
+    tensors, meta = load_case("image_three_masks_medium")
+    images, masks = case_inputs(meta)
+    answer = RegionPipeline(pipeline.loaded, backend).describe(
+        images, masks, meta["mask_ids"], meta["instruct"], meta["modal"], meta["timestamps"],
+        meta["mask_ids_raw"], max_new_tokens=16)
+    assert answer.token_ids == tensors["llm.greedy_ids"].tolist()
+    assert backend._static_caches is not None
+
+
 def test_incremental_path_equals_official_batch(pipeline: RegionPipeline) -> None:
     """Node path (global features once per frame, tokens once per (object, frame)) = the official
     batch for a single-mask image, where the budget (M=1) and the local-crop cache agree."""

@@ -103,7 +103,9 @@ class TorchBackend(StageBackend):
     def __init__(self, model: PixelReferLite, static_cache_tokens: int = 0) -> None:
         self.model = model
         self.device, self.dtype = model.device, model.dtype
-        self.static_cache_tokens = static_cache_tokens
+        # never above the model's positions: setup_caches would refuse it on the first request
+        self.static_cache_tokens = min(static_cache_tokens,
+                                       model.llm.cfg.max_position_embeddings)
         self._static_caches: list | None = None  # the shared cache (one KVCache per layer)
         self._graph = None  # DecodeGraph, over the shared cache
 
