@@ -13,10 +13,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def ros_env(**extra: str) -> dict[str, str]:
-    """The environment for a child ROS process: same domain, loopback-only discovery."""
+    """The environment for a child ROS process: same domain, loopback-only discovery, and the
+    Fast DDS shared-memory profile that conftest.py puts in this process's environment."""
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_shm.xml"))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
