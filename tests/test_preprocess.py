@@ -6,6 +6,7 @@ These run without the fixtures and pin the rules of spec §1.2-1.6 with hand-der
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -269,6 +270,24 @@ def test_normalisation_is_bit_exact_for_all_256_codes() -> None:
     codes = np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2)
     expected = torch.arange(256).float().view(1, 256, 1).expand(1, 256, 3) / 127.5 - 1.0
     assert torch.equal(torch.from_numpy(pp.normalize(codes, CFG)), expected)
+
+
+def test_normalisation_keeps_the_official_arithmetic_for_any_mean_and_std() -> None:
+    """The lookup table gives the bits of the per-pixel official arithmetic, per channel, for
+    other processors' constants too (CLIP's here), and on a non-contiguous crop."""
+    cfg = replace(CFG, image_mean=(0.48145466, 0.4578275, 0.40821073),
+                  image_std=(0.26862954, 0.26130258, 0.27577711))
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    image[0, :, :] = np.arange(60)[:, None] * 4  # codes 0..236 in every channel
+    image[1, :, :] = 255
+    crop = image[3:37, 5:50]  # a view with the image's row stride
+    mean = np.asarray(cfg.image_mean, dtype=np.float32)
+    std = np.asarray(cfg.image_std, dtype=np.float32)
+    for x in (image, crop):
+        official = ((x.astype(np.float64) * (1 / 255)).astype(np.float32) - mean) / std
+        got = pp.normalize(x, cfg)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_array_equal(got, official)
 
 
 def test_patch_rows_are_raster_order_channel_first() -> None:

@@ -28,10 +28,12 @@ from pixelrefer_ros.training.data import (
     without_pixels,
 )
 from pixelrefer_ros.training.train import (
+    CropHeads,
     ModelShape,
     PhaseConfig,
     TrainConfig,
     build_model,
+    crop_loss,
     focus_p_middle,
     region_tokens,
     token_bank,
@@ -108,6 +110,34 @@ def test_crop_sample_targets_describe_the_object() -> None:
     offsets = sample.cell_targets[:, SUB_CELLS**2:]
     weights = coverage[:, None]
     assert np.abs((offsets * weights).sum(0) / weights.sum()).max() < 0.1  # centred on object
+
+
+def test_crop_head_pools_reach_a_single_cell_only_through_the_max() -> None:
+    """"meanmax" sees one cell's change at full size, "mean" at 1/N of it: why the crops
+    phase pools both (README: shapes differ in a few cells)."""
+    cells = torch.zeros(200, 4)
+    changed = cells.clone()
+    changed[17, 2] = 1.0
+    for pool, expected in (("mean", 1 / 200), ("meanmax", 1.0)):
+        heads = CropHeads(4, pool)
+        diff = (heads.pool_cells(changed) - heads.pool_cells(cells)).abs().max()
+        assert float(diff) == pytest.approx(expected), pool
+    assert CropHeads(4, "meanmax").pool_cells(cells).shape == (8,)
+    with pytest.raises(ValueError, match="crop pool"):
+        CropHeads(4, "max")
+
+
+def test_crop_loss_trains_the_vit_with_either_pool() -> None:
+    tokenizer = TextTokenizer(build_tokenizer())
+    scene = generate_scene(3)
+    samples = [s for s in (crop_sample(scene, 0, obj, PREPROCESS)
+                           for obj in range(scene.num_objects)) if s is not None]
+    for pool in ("mean", "meanmax"):
+        model = build_model(TINY, tokenizer, seed=0)
+        loss, stats = crop_loss(model.vision, CropHeads(TINY.vision_hidden, pool), samples)
+        loss.backward()
+        assert torch.isfinite(loss) and stats["regions"] == len(samples)
+        assert model.vision.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
 
 def test_relation_curriculum_asks_only_left_of_early_on() -> None:

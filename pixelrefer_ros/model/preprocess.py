@@ -199,14 +199,18 @@ def pil_bicubic_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def normalize(image_u8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """uint8 -> float32 with the official arithmetic: (float64 * 1/255 -> float32 - mean) / std.
+    """uint8 [H, W, 3] -> float32 with the official arithmetic: (float64 * 1/255 -> float32 -
+    mean) / std, per channel.
 
+    Each output depends only on (code, channel), so the arithmetic runs once on the 256 codes
+    and `cv2.LUT` maps the image (~8x faster than the arithmetic on every pixel, same bits).
     With mean = std = 0.5 this equals `v.astype(float32) / 127.5 - 1` bit for bit (README §9.6).
     """
     mean = np.asarray(cfg.image_mean, dtype=np.float32)
     std = np.asarray(cfg.image_std, dtype=np.float32)
-    rescaled = (image_u8.astype(np.float64) * (1 / 255)).astype(np.float32)
-    return (rescaled - mean) / std
+    codes = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)[:, None]
+    table = (codes - mean) / std  # [256, 3] float32
+    return cv2.LUT(np.ascontiguousarray(image_u8), table.reshape(1, 256, 3))
 
 
 def patchify(image_u8: np.ndarray, num_images: int,
