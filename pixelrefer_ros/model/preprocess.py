@@ -11,6 +11,7 @@ images of one call share, normalise to [-1, 1] and cut it into 14x14 patches.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,18 +69,27 @@ def padded_box(mask01: np.ndarray, pad: int) -> tuple[int, int, int, int] | None
     return max(0, y - pad), max(0, x - pad), min(h, y + bh + pad), min(w, x + bw + pad)
 
 
+def scaled_crop(mask01: np.ndarray, cfg: PreprocessConfig
+                ) -> tuple[tuple[int, int, int, int], tuple[int, int]] | None:
+    """The SAOT crop of a 0/1 mask: its padded box (top, left, bottom_excl, right_excl) and
+    the crop's size (out_h, out_w) after the scale rule; None for an empty mask."""
+    bbox = padded_box(mask01, cfg.bbox_pad)
+    if bbox is None:
+        return None
+    top, left, bottom, right = bbox
+    scale = object_scale(int(mask01.sum(dtype=np.int64)), cfg)
+    return bbox, (scaled_side(bottom - top, scale, cfg.patch_size),
+                  scaled_side(right - left, scale, cfg.patch_size))
+
+
 def crop_patches(mask: np.ndarray, cfg: PreprocessConfig, num_images: int = 1) -> int:
     """ViT patches of the mask's scale-adapted crop after the image processor: what encoding
     this object costs (0 for an empty mask, which is encoded as one black patch). The same
     rules as `prepare_region` + `patchify`, without touching the pixels."""
-    mask01 = (np.asarray(mask) > 0).astype(np.uint8)
-    bbox = padded_box(mask01, cfg.bbox_pad)
-    if bbox is None:
+    crop = scaled_crop((np.asarray(mask) > 0).astype(np.uint8), cfg)
+    if crop is None:
         return 0
-    top, left, bottom, right = bbox
-    scale = object_scale(int(mask01.sum(dtype=np.int64)), cfg)
-    out_h = scaled_side(bottom - top, scale, cfg.patch_size)
-    out_w = scaled_side(right - left, scale, cfg.patch_size)
+    out_h, out_w = crop[1]
     th, tw = smart_resize(out_h, out_w, cfg.patch_size, cfg.min_pixels,
                           pixel_cap(num_images, cfg))
     return (th // cfg.patch_size) * (tw // cfg.patch_size)
@@ -107,22 +117,18 @@ def prepare_region(image: np.ndarray, mask: np.ndarray, cfg: PreprocessConfig) -
         raise ValueError(f"image {image.shape} and mask {mask.shape} must be [H,W,3] and [H,W]")
     h, w = image.shape[:2]
     mask01 = (np.asarray(mask) > 0).astype(np.uint8)
-    bbox = padded_box(mask01, cfg.bbox_pad)
-    if bbox is None:  # empty mask: one black patch, no valid cell, whole-image context (§9.4)
+    crop_rule = scaled_crop(mask01, cfg)
+    if crop_rule is None:  # empty mask: one black patch, no valid cell, whole-image context (§9.4)
         p = cfg.patch_size
         raw, local = _context_images(image, image, cfg)
         return RegionCrop(crop=np.zeros((p, p, image.shape[2]), dtype=image.dtype),
                           mask_grid=np.zeros((1, 1), dtype=np.float32), box=(0, 0, 0, 0),
                           orig_hw=(h, w), raw_global=raw, local=local)
 
-    top, left, bottom, right = bbox  # bottom/right exclusive
+    (top, left, bottom, right), (out_h, out_w) = crop_rule  # bottom/right exclusive
     crop_src = image[top:bottom, left:right, :]
     mask_src = mask01[top:bottom, left:right]
     crop_h, crop_w = bottom - top, right - left
-
-    scale = object_scale(int(mask01.sum(dtype=np.int64)), cfg)
-    out_h = scaled_side(crop_h, scale, cfg.patch_size)
-    out_w = scaled_side(crop_w, scale, cfg.patch_size)
     # LINEAR when either side grows *or stays equal* (spec §8), AREA only when both shrink.
     grows = out_h >= crop_h or out_w >= crop_w
     interp = cv2.INTER_LINEAR if grows else cv2.INTER_AREA
@@ -206,11 +212,20 @@ def normalize(image_u8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     and `cv2.LUT` maps the image (~8x faster than the arithmetic on every pixel, same bits).
     With mean = std = 0.5 this equals `v.astype(float32) / 127.5 - 1` bit for bit (README §9.6).
     """
-    mean = np.asarray(cfg.image_mean, dtype=np.float32)
-    std = np.asarray(cfg.image_std, dtype=np.float32)
+    table = _normalize_table(tuple(cfg.image_mean), tuple(cfg.image_std))
+    return cv2.LUT(np.ascontiguousarray(image_u8), table)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_table(image_mean: tuple[float, ...], image_std: tuple[float, ...]) -> np.ndarray:
+    """`normalize`'s table [1, 256, 3] float32, built once per processor's constants (every
+    frame and every crop is normalised)."""
+    mean = np.asarray(image_mean, dtype=np.float32)
+    std = np.asarray(image_std, dtype=np.float32)
     codes = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)[:, None]
-    table = (codes - mean) / std  # [256, 3] float32
-    return cv2.LUT(np.ascontiguousarray(image_u8), table.reshape(1, 256, 3))
+    table = ((codes - mean) / std).reshape(1, 256, 3)
+    table.flags.writeable = False  # shared by every call
+    return table
 
 
 def patchify(image_u8: np.ndarray, num_images: int,

@@ -264,7 +264,7 @@ class CropHeads(nn.Module):
     ~900 steps and ended at 0.88 after 2,200; with "meanmax" 0.95 at step 800, 0.99 at 2,200.
     """
 
-    def __init__(self, width: int, pool: str = "mean"):
+    def __init__(self, width: int, pool: str):
         super().__init__()
         if pool not in CROP_POOLS:
             raise ValueError(f"crop pool {pool!r}; choose one of {CROP_POOLS}")
