@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, RegionOfInterest
 
 from pixelrefer_ros.buffer import FrameBuffer
+from pixelrefer_ros.model.config import PreprocessConfig
 from pixelrefer_ros.ros.conversions import (
     ConversionError,
     compressed_to_rgb,
@@ -188,7 +189,7 @@ def test_fuzz_describe_requests_become_jobs_or_refusals(node_inputs, robustness_
     def check(req):
         now = time.monotonic()
         try:
-            job = build_job(req, params, inputs, now)
+            job = build_job(req, params, inputs, now, PreprocessConfig())
             refused = check_job(job, params.cameras)
         except RequestError as err:
             refused = err
@@ -227,6 +228,7 @@ def test_oversized_requests_are_refused_before_any_work(node_inputs, fields, wor
     a full-frame mask before anything was checked."""
     params, inputs = node_inputs
     with pytest.raises(RequestError, match=words) as info:
-        job = build_job(DescribeRegion.Request(**fields), params, inputs, time.monotonic())
+        job = build_job(DescribeRegion.Request(**fields), params, inputs, time.monotonic(),
+                        PreprocessConfig())
         raise check_job(job, params.cameras)
     assert info.value.code is ResultCode.BAD_REQUEST

@@ -28,13 +28,18 @@ from pixelrefer_ros.training.data import (
     without_pixels,
 )
 from pixelrefer_ros.training.train import (
+    AUX_CLASSES,
+    AUX_GEOMETRY,
+    AuxHeads,
     CropHeads,
     ModelShape,
     PhaseConfig,
     TrainConfig,
+    aux_loss,
     build_model,
     crop_loss,
     focus_p_middle,
+    pool_rows,
     region_tokens,
     token_bank,
     train,
@@ -123,7 +128,7 @@ def test_crop_head_pools_reach_a_single_cell_only_through_the_max() -> None:
         diff = (heads.pool_cells(changed) - heads.pool_cells(cells)).abs().max()
         assert float(diff) == pytest.approx(expected), pool
     assert CropHeads(4, "meanmax").pool_cells(cells).shape == (8,)
-    with pytest.raises(ValueError, match="crop pool"):
+    with pytest.raises(ValueError, match="pool 'max'; choose one of"):
         CropHeads(4, "max")
 
 
@@ -138,6 +143,35 @@ def test_crop_loss_trains_the_vit_with_either_pool() -> None:
         loss.backward()
         assert torch.isfinite(loss) and stats["regions"] == len(samples)
         assert model.vision.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_aux_heads_read_one_token_at_full_size_only_through_the_max() -> None:
+    """The vision phase's heads pool a region's K object tokens as the crops head pools
+    cells: with "meanmax" one token's change reaches the heads undiluted (README)."""
+    tokens = torch.zeros(3, 8, 4)  # [R, K, H]
+    changed = tokens.clone()
+    changed[:, 5, 1] = 1.0
+    for pool, expected in (("mean", 1 / 8), ("meanmax", 1.0)):
+        diff = (pool_rows(changed, pool, dim=1) - pool_rows(tokens, pool, dim=1)).abs().max()
+        assert float(diff) == pytest.approx(expected), pool
+        assert AuxHeads(4, pool)(changed).shape == (3, sum(AUX_CLASSES) + AUX_GEOMETRY)
+    assert pool_rows(tokens, "meanmax", dim=1).shape == (3, 8)
+    with pytest.raises(ValueError, match="pool 'max'; choose one of"):
+        AuxHeads(4, "max")
+
+
+def test_aux_loss_trains_the_object_tokenizer_with_either_pool() -> None:
+    tokenizer = TextTokenizer(build_tokenizer())
+    samples = make_batch(0, 0, 2, tokenizer, phase="vision",
+                         tokens_per_region=TINY.tokens_per_object)
+    for pool in ("mean", "meanmax"):
+        model = build_model(TINY, tokenizer, seed=0)
+        tokens = region_tokens(model, samples, train_vision=False)
+        loss, stats = aux_loss(AuxHeads(TINY.llm_hidden, pool), tokens, samples)
+        loss.backward()
+        assert torch.isfinite(loss) and 0.0 <= stats["acc_shape"] <= 1.0
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in model.objects.feat_linear.parameters())
 
 
 def test_relation_curriculum_asks_only_left_of_early_on() -> None:

@@ -42,9 +42,9 @@ def _finite_non_negative(name: str, value: float) -> float:
 
 def build_job(req: DescribeRegion.Request, params: NodeParams,
               inputs: Mapping[str, CameraInput], now_s: float,
-              preprocess: PreprocessConfig | None = None) -> DescribeJob:
+              preprocess: PreprocessConfig) -> DescribeJob:
     """Apply the node's defaults and caps, convert inline regions to masks on the camera's
-    newest frame (`preprocess`: the model's, for the `max_region_patches` check). Raises
+    newest frame (`preprocess`: the model's constants, for the `max_region_patches` check). Raises
     RequestError (BAD_REQUEST, BAD_REGION, NOT_READY)."""
     camera = req.camera or params.cameras[0]
     cam = inputs.get(camera)
@@ -70,8 +70,7 @@ def build_job(req: DescribeRegion.Request, params: NodeParams,
                 raise RequestError(ResultCode.BAD_REQUEST, f"two inline regions for object {oid}")
             try:
                 inline[oid] = region_to_mask(region, latest.hw, params.point_radius_px)
-                check_region_cost(inline[oid], params.max_region_patches,
-                                  preprocess or PreprocessConfig())
+                check_region_cost(inline[oid], params.max_region_patches, preprocess)
             except ConversionError as exc:
                 raise RequestError(ResultCode.BAD_REGION,
                                    f"inline region {i} (object {oid}): {exc}") from None
