@@ -18,6 +18,7 @@ from pixelrefer_ros.training.data import (
     SUB_CELLS,
     build_tokenizer,
     crop_sample,
+    encode_question,
     focus_questions,
     make_batch,
     preprocess_scene,
@@ -35,8 +36,10 @@ from pixelrefer_ros.training.train import (
     ModelShape,
     PhaseConfig,
     TrainConfig,
+    answer_loss,
     aux_loss,
     build_model,
+    compiled_llm_forward,
     crop_loss,
     focus_p_middle,
     pool_rows,
@@ -58,7 +61,7 @@ def _first_last(history: list[dict], key: str) -> tuple[float, float]:
 def test_short_run_loss_falls_in_every_phase_and_writes_a_checkpoint(tmp_path) -> None:
     cfg = TrainConfig(crops=PhaseConfig(30, 2, 3e-3, 3), vision=PhaseConfig(10, 1, 3e-3, 2),
                       answers=PhaseConfig(16, 1, 3e-3, 2), focus=PhaseConfig(20, 4, 3e-3, 2),
-                      focus_bank=6, log_every=5, prefetch=False, shape=TINY)
+                      focus_bank=6, log_every=5, compile_focus=False, shape=TINY)
     _, report = train(cfg, out_dir=tmp_path / "ckpt", log=lambda *_: None)
     crops = report["phases"]["crops"]["history"]
     answers = report["phases"]["answers"]["history"]
@@ -208,6 +211,10 @@ def test_focus_clips_lengthen_along_the_phase() -> None:
     full = focus_questions(scene, np.random.default_rng(7), p_middle=1.0)
     assert {q.frames for q in short if q.mode == "video"} == {(0, last)}
     assert {q.frames for q in full if q.mode == "video"} == {tuple(range(last + 1))}
+    # relations keep their own frames: short clips early on do not starve the relation break
+    assert ([q.frames for q in short if q.task == "relation"]
+            == [q.frames for q in full if q.task == "relation"])
+    assert len({q.frames for q in short if q.task == "relation"}) > 2
     # one draw per middle frame whatever p_middle: what follows the clip draws the same
     after = []
     for p_middle in (0.0, 0.5, 1.0):
@@ -261,3 +268,32 @@ def test_reversed_clip_flips_the_motion_and_reads_the_tokens_backwards() -> None
     obj = next(i for i, o in enumerate(scene.objects) if o.motion == "left")
     qs = focus_questions(back, np.random.default_rng(0))
     assert {q.answer for q in qs if q.task == "direction" and q.objects == (obj,)} == {"right"}
+
+
+def test_compiled_focus_forward_gives_the_eager_loss_and_gradients() -> None:
+    """The focus phase's torch.compile'd LLM (`compiled_llm_forward`) computes what the eager
+    forward does, to float rounding, over chunks of different batch sizes and lengths."""
+    tokenizer = TextTokenizer(build_tokenizer())
+    model = build_model(TINY, tokenizer, seed=0).eval()
+    bank = token_bank(model, TrainConfig(focus_bank=2, shape=TINY), tokenizer)
+    rng = np.random.default_rng(0)
+    questions = []
+    for scene, _ in bank:
+        region_of = region_index(scene.num_objects, range(scene.num_frames))
+        questions.append([encode_question(tokenizer, q, scene, region_of,
+                                          TINY.tokens_per_object)
+                          for q in focus_questions(scene, rng)])
+    tokens = [t for _, t in bank]
+    assert len({len(q.ids) for qs in questions for q in qs}) > 3  # several lengths per call
+
+    def loss_and_grads(llm_forward) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = answer_loss(model, questions, tokens, tokenizer.region_id, 5, llm_forward).mean
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.llm.parameters()]
+
+    eager_loss, eager_grads = loss_and_grads(None)
+    compiled_loss, compiled_grads = loss_and_grads(compiled_llm_forward(model))
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    for eager, compiled in zip(eager_grads, compiled_grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)

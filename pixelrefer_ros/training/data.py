@@ -67,6 +67,7 @@ P_DEFAULT_PROMPT = 0.15  # share of "describe" questions asked with the node's d
 IMAGE_TASKS_PER_REGION = 2
 MAX_RELATIONS_PER_FRAME = 1
 FOCUS_RELATIONS_PER_FRAME = 1
+RELATION_P_MIDDLE = 0.5  # focus relations: on the first, last and each middle frame with this
 P_FOCUS_VIDEO_REPLAY = 0.25  # video prompts are the focus phase's main cost
 P_ENDPOINT_CLIP = 0.3  # share of "answers" clips that are just the first and last frame
 # Video prompts are long (F x 38 tokens per object) and dominate the LLM's cost, so each object
@@ -198,12 +199,16 @@ def spanning_frames(rng: np.random.Generator, num_frames: int,
 
 def focus_questions(scene: Scene, rng: np.random.Generator, p_right: float = 0.5,
                     p_middle: float = 0.5) -> list[Question]:
-    """The "focus" phase's mix for one scene, over `spanning_frames`: per object "direction",
-    "moving" and "describe" (which names the motion) in video mode, plus with probability
-    P_FOCUS_VIDEO_REPLAY one of colour / shape / size; up to FOCUS_RELATIONS_PER_FRAME
-    relations per frame ("right of" with probability `p_right`); and per object one image
-    question on one frame (replay, so that the attributes stay right)."""
+    """The "focus" phase's mix for one scene: per object "direction", "moving" and "describe"
+    (which names the motion) in video mode over one clip (`spanning_frames` with `p_middle`),
+    plus with probability P_FOCUS_VIDEO_REPLAY one of colour / shape / size; per object one
+    image question on one frame of the clip (replay, so that the attributes stay right); and
+    up to FOCUS_RELATIONS_PER_FRAME relations ("right of" with probability `p_right`) on
+    each frame of a second draw with RELATION_P_MIDDLE, so that the short clips of the early
+    steps do not also cut the relation questions (a run whose clips and relations shrank
+    together learnt neither relation nor motion by step 2,750)."""
     frames = spanning_frames(rng, scene.num_frames, p_middle)
+    relation_frames = spanning_frames(rng, scene.num_frames, RELATION_P_MIDDLE)
     image_replay = (*IMAGE_ONLY_TASKS, "describe")
     qs: list[Question] = []
     for obj in range(scene.num_objects):
@@ -215,7 +220,7 @@ def focus_questions(scene: Scene, rng: np.random.Generator, p_right: float = 0.5
         frame = frames[int(rng.integers(len(frames)))]
         task = image_replay[int(rng.integers(len(image_replay)))]
         qs.append(object_question(scene, task, obj, (frame,), "image", rng))
-    for t in frames:
+    for t in relation_frames:
         qs.extend(relation_questions(scene, t, rng, FOCUS_RELATIONS_PER_FRAME, p_right))
     return qs
 

@@ -14,9 +14,10 @@ crops, then the object tokenizer learns region attributes through training-only 
 heads, then the LLM and the object tokenizer learn to answer with the ViT frozen, and last the
 LLM alone learns where things are and how they move, on object tokens computed once. Each
 phase is a fixed number of steps with its own learning-rate schedule, so a run is a function of
-the seed; `--minutes` is only a safety cap (the report says when it cut the run short). Batches
-of the first three phases are built two steps ahead in a second process (numpy/cv2 work
-overlaps the torch step).
+the seed; `--minutes` is only a safety cap (the report says when it cut the run short). The
+focus phase runs the LLM through `torch.compile` (`--no-compile` runs it eagerly), and batches
+are built in this process (`--prefetch` builds them two steps ahead in a second one); see
+`TrainConfig` for what each choice measured.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 import multiprocessing as mp
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,11 +152,13 @@ class TrainConfig:
        which a small LLM learns only after hundreds of steps on them: in phase 2 they stayed
        at chance. Half of the scenes are asked played backwards (`data.reversed_in_time`):
        without that, the LLM learnt the motion of each of the cached objects by heart (1.00
-       on them, chance on held-out scenes). Measured here: relation is learnt after 500-750
-       steps of "left of" only (a 4,000-step phase, whose left-only share is 600 steps, had
-       not learnt it by step 2,750); direction after ~1,400-3,000, varying from run to run
-       (hence 5,000 steps); "moving?" after direction (it needs the size of a displacement
-       whatever its sign).
+       on them, chance on held-out scenes). The video clips start as the first and last
+       frame only and lengthen (`focus_clip_middle`); relations keep frames of their own.
+       Measured here: relation is learnt after 500-750 steps of "left of" only; direction
+       after ~1,300-3,900 steps, varying from run to run, and with full-length clips from the
+       start one run had not learnt it by step 3,850; "moving?" after direction (it needs the
+       size of a displacement whatever its sign). With the growing clips (the default) the
+       committed run learnt direction by ~1,400 of 5,500, at cheaper steps early on.
     After phase 0 the ViT is frozen (`freeze_vision`; forward only, ~3x cheaper): training it
     on with fresh heads measurably wiped out the shape features it had learnt.
     """
@@ -164,7 +167,7 @@ class TrainConfig:
     crops: PhaseConfig = PhaseConfig(steps=1500, scenes_per_step=6, lr=2e-3, warmup_steps=100)
     vision: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=6, lr=2e-3, warmup_steps=20)
     answers: PhaseConfig = PhaseConfig(steps=600, scenes_per_step=2, lr=3e-3, warmup_steps=40)
-    focus: PhaseConfig = PhaseConfig(steps=5000, scenes_per_step=8, lr=2e-3, warmup_steps=50)
+    focus: PhaseConfig = PhaseConfig(steps=5500, scenes_per_step=8, lr=2e-3, warmup_steps=50)
     crop_pool: str = "meanmax"  # CropHeads: how the crops phase pools a crop's cells
     aux_pool: str = "meanmax"  # AuxHeads: how the vision and answers phases pool a region's tokens
     focus_bank: int = 1000  # training scenes whose object tokens the focus phase caches
@@ -172,8 +175,9 @@ class TrainConfig:
     focus_left_only_share: float = 0.15  # of the focus phase asking only "left of" ...
     focus_ramp_share: float = 0.4  # ... then "right of" rises linearly to half by this share
     # chance of each middle frame joining a focus clip (first and last always do), rising
-    # linearly from the first value at step 0 to the second at the last step
-    focus_clip_middle: tuple[float, float] = (0.5, 0.5)
+    # linearly from the first value at step 0 to the second at the last step (README: with
+    # (0.5, 0.5) the step where direction was learnt ranged from ~1,400 to beyond 3,850)
+    focus_clip_middle: tuple[float, float] = (0.0, 0.6)
     # end the focus phase after this many steps, schedule unchanged: reproduces a run that the
     # time cap cut short, or an experiment's focus phase up to a given step
     focus_stop_step: int | None = None
@@ -184,10 +188,20 @@ class TrainConfig:
     weight_decay: float = 0.05  # matrices only; norms, biases and embeddings are not decayed
     grad_clip: float = 1.0
     llm_chunk: int = 16  # sequences per padded LLM call (sorted by length, little padding)
+    # the focus phase's LLM forward through torch.compile (inductor fuses RMSNorm, RoPE and
+    # SwiGLU's elementwise ops and their gradients): measured, 0.253 -> 0.213 s a step for
+    # ~35 s of compiling (cold cache). It needs a C++ compiler (`check_compiler` fails fast
+    # without one); the losses agree with the eager forward to float rounding, not bit for bit.
+    compile_focus: bool = True
     log_every: int = 25
     threads: int = 2
     max_minutes: float = 90.0  # safety cap only; the schedule is defined by the step counts
-    prefetch: bool = True
+    # build the first three phases' batches two steps ahead in a second process. Off: on these
+    # 2 cores the process competes with torch's two threads and every step got slower
+    # (measured, s a step: crops 0.194 -> 0.159, vision 0.29 -> 0.15, answers 0.47 -> 0.33
+    # without it). A machine with idle cores may gain from it (not measured). Batches are a
+    # function of (seed, phase, step), so either way trains the same model.
+    prefetch: bool = False
     shape: ModelShape = field(default_factory=ModelShape)
 
 
@@ -420,9 +434,13 @@ class LossSum:
 
 
 def answer_loss(model: PixelReferLite, questions: list[list[EncodedQuestion]],
-                tokens: list[Tensor], region_id: int, chunk: int) -> LossSum:
+                tokens: list[Tensor], region_id: int, chunk: int,
+                llm_forward: Callable[[Tensor], Tensor] | None = None) -> LossSum:
     """Cross-entropy of every question of the batch (per scene: its questions and its region
-    tokens [R, K, H]); LLM calls on length-sorted chunks."""
+    tokens [R, K, H]); LLM calls on length-sorted chunks, through `llm_forward` (embeds
+    [B, T, H] -> logits [B, T, V]; default `model.llm.forward_no_cache`, or its compiled
+    form from `compiled_llm_forward`)."""
+    llm_forward = llm_forward or model.llm.forward_no_cache
     items = [(q, tok) for qs, tok in zip(questions, tokens, strict=True) for q in qs]
     items.sort(key=lambda item: len(item[0].ids))
     total = torch.zeros(())
@@ -439,7 +457,7 @@ def answer_loss(model: PixelReferLite, questions: list[list[EncodedQuestion]],
             labels.append(label)
         x = pad_sequence(embeds, batch_first=True)  # [B, T, H]; right padding, causal mask
         y = pad_sequence(labels, batch_first=True, padding_value=IGNORE)  # [B, T]
-        logits = model.llm.forward_no_cache(x)  # [B, T, V]
+        logits = llm_forward(x)  # [B, T, V]
         ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE,
                              reduction="none")  # [B, T], 0 where ignored
         total = total + ce.sum()
@@ -450,6 +468,23 @@ def answer_loss(model: PixelReferLite, questions: list[list[EncodedQuestion]],
             acc[0] += loss_q
             acc[1] += len(q.ids) - q.num_prompt
     return LossSum(total, count, dict(per_task))
+
+
+def compiled_llm_forward(model: PixelReferLite) -> Callable[[Tensor], Tensor]:
+    """`model.llm.forward_no_cache` through torch.compile, for `answer_loss`. `dynamic`:
+    the batch and sequence lengths change with every chunk, and one graph serves them all."""
+    return torch.compile(model.llm.forward_no_cache, dynamic=True)
+
+
+def check_compiler() -> None:
+    """Fail in seconds, not at the focus phase after ~9 minutes, where torch.compile cannot
+    build kernels on this machine (inductor's CPU backend needs a C++ compiler)."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(3))
+    except Exception as err:  # inductor raises many kinds; all mean the same here
+        raise RuntimeError(f"torch.compile cannot build kernels here ({err}); install a C++ "
+                           "compiler or pass --no-compile (a ~16 % slower focus phase, and "
+                           "not bit for bit the committed model)") from err
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -643,6 +678,7 @@ def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
     log(f"[focus] object tokens of {len(bank)} scenes cached in {bank_s} s")
     optimizer = make_optimizer([model.llm], cfg, phase.lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    llm_forward = compiled_llm_forward(model) if cfg.compile_focus else None
     k = model.config.objects.tokens_per_object
     history: list[dict] = []
     window: dict[str, list[float]] = collections.defaultdict(list)
@@ -661,7 +697,8 @@ def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
             questions.append([encode_question(tokenizer, q, scene, region_of, k)
                               for q in focus_questions(scene, rng, p_right, p_middle)])
             tokens.append(scene_tokens)
-        losses = answer_loss(model, questions, tokens, tokenizer.region_id, cfg.llm_chunk)
+        losses = answer_loss(model, questions, tokens, tokenizer.region_id, cfg.llm_chunk,
+                             llm_forward)
         grad_norm = descend(optimizer, params, losses.mean, lr, cfg.grad_clip)
         window["answer_loss"].append(float(losses.mean.detach()))
         for key, (value, n) in losses.per_task.items():
@@ -685,6 +722,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, log=print,
     model as it enters the focus phase when pre_focus_out is set (an `init_from` for focus
     experiments)."""
     torch.set_num_threads(cfg.threads)
+    if cfg.compile_focus:
+        check_compiler()
     raw_tokenizer = build_tokenizer()
     tokenizer = TextTokenizer(raw_tokenizer)
     if init_from is None:
@@ -774,7 +813,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=d.max_minutes,
                    help="safety cap on wall time; a capped run is reported as such")
     p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--no-prefetch", action="store_true", help="build batches in this process")
+    p.add_argument("--prefetch", action="store_true",
+                   help="build batches two steps ahead in a second process (slower on 2 cores)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the focus phase's LLM eagerly (no C++ compiler needed; slower)")
     args = p.parse_args(argv)
 
     def phase_args(name: str) -> PhaseConfig:
@@ -794,7 +836,8 @@ def main(argv: list[str] | None = None) -> None:
                       focus_stop_step=args.focus_stop_step,
                       aux_weight=args.aux_weight, left_only_share=args.left_only_share,
                       freeze_vision=not args.train_vision, max_minutes=args.minutes,
-                      threads=args.threads, prefetch=not args.no_prefetch)
+                      threads=args.threads, prefetch=args.prefetch,
+                      compile_focus=not args.no_compile)
     _, report = train(cfg, args.out, init_from=args.init_from, pre_focus_out=args.pre_focus_out)
     print(json.dumps({k: report[k] for k in ("wall_time_s", "final_answer_loss",
                                              "num_parameters", "stopped_by")}))
