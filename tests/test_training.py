@@ -18,7 +18,6 @@ from pixelrefer_ros.training.data import (
     SUB_CELLS,
     build_tokenizer,
     crop_sample,
-    encode_question,
     focus_questions,
     make_batch,
     preprocess_scene,
@@ -41,6 +40,7 @@ from pixelrefer_ros.training.train import (
     build_model,
     compiled_llm_forward,
     crop_loss,
+    focus_batch,
     focus_p_middle,
     pool_rows,
     region_tokens,
@@ -275,15 +275,10 @@ def test_compiled_focus_forward_gives_the_eager_loss_and_gradients() -> None:
     forward does, to float rounding, over chunks of different batch sizes and lengths."""
     tokenizer = TextTokenizer(build_tokenizer())
     model = build_model(TINY, tokenizer, seed=0).eval()
-    bank = token_bank(model, TrainConfig(focus_bank=2, shape=TINY), tokenizer)
-    rng = np.random.default_rng(0)
-    questions = []
-    for scene, _ in bank:
-        region_of = region_index(scene.num_objects, range(scene.num_frames))
-        questions.append([encode_question(tokenizer, q, scene, region_of,
-                                          TINY.tokens_per_object)
-                          for q in focus_questions(scene, rng)])
-    tokens = [t for _, t in bank]
+    cfg = TrainConfig(focus=PhaseConfig(steps=100, scenes_per_step=2, lr=1e-3, warmup_steps=1),
+                      focus_bank=2, shape=TINY)
+    bank = token_bank(model, cfg, tokenizer)
+    questions, tokens = focus_batch(bank, 99, cfg, tokenizer, TINY.tokens_per_object)
     assert len({len(q.ids) for qs in questions for q in qs}) > 3  # several lengths per call
 
     def loss_and_grads(llm_forward) -> tuple[float, list[torch.Tensor]]:

@@ -666,6 +666,27 @@ def focus_p_middle(step: int, cfg: TrainConfig) -> float:
     return first + (last - first) * step / max(1, cfg.focus.steps - 1)
 
 
+def focus_batch(bank: list[tuple[Scene, Tensor]], step: int, cfg: TrainConfig,
+                tokenizer: TextTokenizer,
+                tokens_per_region: int) -> tuple[list[list[EncodedQuestion]], list[Tensor]]:
+    """Focus step `step`'s questions and cached tokens, per scene: `scenes_per_step` scenes
+    drawn from `bank`, each played backwards with chance `focus_reverse_share`; a function
+    of (seed, step) like `make_batch`."""
+    rng = np.random.default_rng([cfg.seed, PHASES.index("focus"), step])
+    p_right, p_middle = focus_p_right(step, cfg), focus_p_middle(step, cfg)
+    questions, tokens = [], []
+    for i in rng.integers(len(bank), size=cfg.focus.scenes_per_step):
+        scene, scene_tokens = bank[i]
+        reverse = bool(rng.random() < cfg.focus_reverse_share)
+        region_of = region_index(scene.num_objects, range(scene.num_frames), reverse)
+        if reverse:
+            scene = reversed_in_time(scene)
+        questions.append([encode_question(tokenizer, q, scene, region_of, tokens_per_region)
+                          for q in focus_questions(scene, rng, p_right, p_middle)])
+        tokens.append(scene_tokens)
+    return questions, tokens
+
+
 def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
               deadline: float, log=print) -> dict:
     """Phase 3 of `TrainConfig`: the LLM alone on `token_bank` tokens and `focus_questions`."""
@@ -685,18 +706,7 @@ def run_focus(model: PixelReferLite, cfg: TrainConfig, tokenizer: TextTokenizer,
     stopped, step = "steps", 0
     for step in range(phase.steps):
         lr = lr_at(step, phase, cfg.min_lr_ratio)
-        rng = np.random.default_rng([cfg.seed, PHASES.index("focus"), step])
-        p_right, p_middle = focus_p_right(step, cfg), focus_p_middle(step, cfg)
-        questions, tokens = [], []
-        for i in rng.integers(len(bank), size=phase.scenes_per_step):
-            scene, scene_tokens = bank[i]
-            reverse = bool(rng.random() < cfg.focus_reverse_share)
-            region_of = region_index(scene.num_objects, range(scene.num_frames), reverse)
-            if reverse:
-                scene = reversed_in_time(scene)
-            questions.append([encode_question(tokenizer, q, scene, region_of, k)
-                              for q in focus_questions(scene, rng, p_right, p_middle)])
-            tokens.append(scene_tokens)
+        questions, tokens = focus_batch(bank, step, cfg, tokenizer, k)
         losses = answer_loss(model, questions, tokens, tokenizer.region_id, cfg.llm_chunk,
                              llm_forward)
         grad_norm = descend(optimizer, params, losses.mean, lr, cfg.grad_clip)
